@@ -1,0 +1,1 @@
+"""The `clipsearch` command line; the library lives in the search, indexer and web packages."""

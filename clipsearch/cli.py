@@ -1,0 +1,217 @@
+"""The `clipsearch` command: the one place that wires indexer, web and search together."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from search.collection import Collection, default_data_dir
+from search.errors import ClipsearchError
+from search.model import ModelSpec
+
+log = logging.getLogger("clipsearch")
+
+
+class _Commands(click.Group):
+    """Turns every expected failure into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClipsearchError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _common(command: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=default_data_dir,
+        show_default="$CLIPSEARCH_DATA_DIR, else ~/.local/share/clipsearch",
+        help="The collection's directory.",
+    )
+    @click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where the model runs; auto picks CUDA when there is a GPU.",
+    )
+    @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+    @functools.wraps(command)
+    def wrapper(*args: Any, quiet: bool, **kwargs: Any) -> Any:
+        _setup_logging(quiet)
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def _setup_logging(quiet: bool) -> None:
+    # open_clip logs on the root logger what our own messages already say better.
+    logging.basicConfig(format="clipsearch: %(message)s", level=logging.CRITICAL, force=True)
+    level = logging.WARNING if quiet else logging.INFO
+    for name in ("clipsearch", "search", "indexer", "web"):
+        logging.getLogger(name).setLevel(level)
+
+
+@click.group(cls=_Commands)
+@click.version_option(package_name="clipsearch")
+def cli() -> None:
+    """Text-to-image semantic search over your own photos."""
+
+
+@cli.command()
+@click.argument(
+    "folders",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--model", help="open_clip architecture name or model-config JSON file.")
+@click.option(
+    "--pretrained",
+    help="open_clip pretrained tag, a local checkpoint file, or 'none' (random weights).",
+)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option(
+    "--workers", type=click.IntRange(0, 64), help="Decoding processes (default: cores - 1)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary last.")
+@_common
+def index(
+    folders: tuple[Path, ...],
+    model: str | None,
+    pretrained: str | None,
+    batch_size: int,
+    workers: int | None,
+    as_json: bool,
+    data_dir: Path,
+    device: str,
+) -> None:
+    """Index the images under FOLDERS (recursively, incrementally)."""
+    from indexer.sync import Indexer
+
+    spec = ModelSpec.from_args(model, pretrained) if model or pretrained else None
+    collection = Collection.create_or_open(data_dir, spec)
+    indexer = Indexer(collection, collection.encoder(device), batch_size, workers)
+    try:
+        summary = indexer.run(list(folders))
+    except KeyboardInterrupt:
+        click.echo("clipsearch: interrupted; everything indexed so far is kept", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(summary.to_json()))
+    else:
+        s = summary
+        click.echo(
+            f"{s.scanned} files: {s.added} added, {s.updated} updated, {s.unchanged} unchanged, "
+            f"{s.moved} moved, {s.removed} removed, {s.failed} failed in {s.seconds:.1f} s"
+        )
+        if s.failed:
+            click.echo("see the failures with: clipsearch stats")
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--like", type=click.IntRange(min=1), help="Images like the indexed image ID.")
+@click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--offset", type=click.IntRange(0, 10_000), default=0)
+@click.option("--min-score", type=float)
+@click.option("--folder", help="Only images under this folder (relative to the indexed one).")
+@click.option("--ext", help="Only these extensions, comma-separated.")
+@click.option("--date-from", help="ISO date, inclusive.")
+@click.option("--date-to", help="ISO date, inclusive.")
+@click.option("--attr", multiple=True, metavar="NAME=VALUE", help="Catalog attribute filter.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON response.")
+@_common
+def search(
+    text: str | None,
+    image: Path | None,
+    like: int | None,
+    k: int,
+    offset: int,
+    min_score: float | None,
+    folder: str | None,
+    ext: str | None,
+    date_from: str | None,
+    date_to: str | None,
+    attr: tuple[str, ...],
+    as_json: bool,
+    data_dir: Path,
+    device: str,
+) -> None:
+    """Find the images that best match TEXT, an --image file, or an indexed image (--like)."""
+    from search.engine import SearchEngine, Term
+    from search.filters import Filters
+
+    terms = [Term("text", text)] if text else []
+    if image:
+        terms.append(Term("image_bytes", image.read_bytes()))
+    if like:
+        terms.append(Term("image_id", like))
+    if not terms:
+        raise click.UsageError("give TEXT, --image FILE or --like ID")
+    filters = {"folder": folder, "ext": ext, "date_from": date_from, "date_to": date_to}
+    for item in attr:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--attr takes NAME=VALUE, got {item!r}")
+        filters[name if name.startswith("attr_") else f"attr_{name}"] = value
+    collection = Collection.open(data_dir)
+    engine = SearchEngine(collection, collection.encoder(device))
+    vector = engine.query_vector(terms)
+    page = engine.search(vector, k, offset, min_score, Filters.parse(filters))
+    if as_json:
+        click.echo(json.dumps(page.to_json(collection.spec.name), indent=2))
+        return
+    for hit in page.hits:
+        click.echo(f"{hit.score:.4f}  {hit.record.id:>7}  {hit.record.file_path}")
+    if not page.hits:
+        click.echo("no results", err=True)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True)
+@_common
+def serve(host: str, port: int, threads: int, data_dir: Path, device: str) -> None:
+    """Serve the search page and the JSON API on a production WSGI server (waitress)."""
+    from waitress import create_server
+
+    from web import create_app
+
+    app = create_app({"DATA_DIR": data_dir, "DEVICE": device})
+    server = create_server(app, host=host, port=port, threads=threads)
+    log.info("serving %s on http://%s:%s/", data_dir, host, server.effective_port)
+    server.run()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@_common
+def stats(as_json: bool, data_dir: Path, device: str) -> None:
+    """Counts, model, index type, and the files that failed with their reasons."""
+    data = Collection.open(data_dir).stats()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"collection  {data_dir}")
+    click.echo(f"model       {data['model']} ({data['embed_dim']}-d)")
+    click.echo(f"images      {data['images']}")
+    click.echo(f"index       {data['index']['type']}, {data['index']['vectors']} vectors")
+    click.echo(f"failed      {data['failed']}")
+    for failure in data["failures"]:
+        click.echo(f"  {Path(failure['root'], failure['path'])}: {failure['reason']}")
+
+
+def main() -> None:
+    cli(prog_name="clipsearch")

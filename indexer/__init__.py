@@ -1,0 +1,1 @@
+"""Scanning folders and filling a collection: decode → preprocess → encode → catalog + vectors."""

@@ -1,0 +1,134 @@
+"""Read → hash → decode → preprocess in worker processes, so the encoder never waits on JPEGs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from indexer.scan import FoundFile
+from search.errors import ImageError
+from search.imaging import DEFAULT_MAX_PIXELS, decode
+
+
+@dataclass
+class Loaded:
+    """A file read and decoded; `pixels` is None when its content is already in the catalog
+    (same hash), so its vector is reused instead of encoded again."""
+
+    file: FoundFile
+    sha256: str
+    pixels: torch.Tensor | None = None
+    width: int = 0
+    height: int = 0
+    taken_at: datetime | None = None
+
+
+@dataclass
+class Failed:
+    file: FoundFile
+    reason: str
+
+
+@dataclass
+class Batch:
+    items: list[Loaded | Failed]
+    pixels: torch.Tensor | None  # the stacked pixels of the items that need encoding
+
+    @property
+    def to_encode(self) -> list[Loaded]:
+        return [item for item in self.items if isinstance(item, Loaded) and item.pixels is not None]
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader on CUDA, so host-to-GPU copies can run asynchronously."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class _Files(Dataset[Loaded | Failed]):
+    def __init__(
+        self,
+        files: Sequence[FoundFile],
+        preprocess: Callable[[Any], torch.Tensor],
+        known_hashes: frozenset[str],
+        max_pixels: int,
+        min_side: int | None,
+    ) -> None:
+        self.files = files
+        self.preprocess = preprocess
+        self.known_hashes = known_hashes
+        self.max_pixels = max_pixels
+        self.min_side = min_side
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Loaded | Failed:
+        file = self.files[index]
+        try:
+            data = file.absolute.read_bytes()
+        except FileNotFoundError:
+            return Failed(file, "vanished before it could be read")
+        except OSError as exc:
+            return Failed(file, f"unreadable: {exc.strerror}")
+        sha256 = hashlib.sha256(data).hexdigest()
+        if sha256 in self.known_hashes:
+            return Loaded(file, sha256)
+        try:
+            picture = decode(data, self.max_pixels, self.min_side)
+            pixels = self.preprocess(picture.image)
+        except ImageError as exc:
+            return Failed(file, str(exc))
+        return Loaded(file, sha256, pixels, picture.width, picture.height, picture.taken_at)
+
+
+def _collate(items: list[Loaded | Failed]) -> Batch:
+    tensors = [
+        item.pixels for item in items if isinstance(item, Loaded) and item.pixels is not None
+    ]
+    return Batch(items, torch.stack(tensors) if tensors else None)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker decodes one image at a time; extra intra-op threads only fight the encoder.
+    torch.set_num_threads(1)
+
+
+def load_batches(
+    files: Sequence[FoundFile],
+    preprocess: Callable[[Any], torch.Tensor],
+    known_hashes: frozenset[str],
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+) -> Iterator[Batch]:
+    """Workers take files one at a time (a worker given a whole batch would leave the others
+    idle on a small run); the encoder's batches are put together here."""
+    loader = DataLoader(
+        _Files(files, preprocess, known_hashes, max_pixels, min_side),
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 * batch_size // workers + 1 if workers else None,
+    )
+    pending: list[Loaded | Failed] = []
+    for item in loader:
+        pending.append(item)
+        if len(pending) == batch_size:
+            yield _batch(pending, pin_memory)
+            pending = []
+    if pending:
+        yield _batch(pending, pin_memory)
+
+
+def _batch(items: list[Loaded | Failed], pin_memory: bool) -> Batch:
+    batch = _collate(items)
+    return batch.pin_memory() if pin_memory else batch

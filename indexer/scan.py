@@ -1,0 +1,78 @@
+"""Finding the image files under a folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    root: str  # the absolute folder the user asked to index
+    path: str  # POSIX path relative to root
+    size: int
+    mtime_ns: int
+
+    @property
+    def absolute(self) -> Path:
+        return Path(self.root, self.path)
+
+    @property
+    def ext(self) -> str:
+        return Path(self.path).suffix.lower().lstrip(".")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A file that looks like an image by name but cannot even be stat'ed."""
+
+    root: str
+    path: str
+    reason: str
+
+
+def scan(root: Path, exclude: frozenset[Path] = frozenset()) -> Iterator[FoundFile | Unreadable]:
+    """Walk `root` recursively, following directory symlinks but never into a folder twice
+    (so symlink loops end), skipping hidden entries and the `exclude` folders."""
+    root = root.resolve()
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                log.info("skipping %s: already visited (symlink loop or duplicate link)", folder)
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc.strerror)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            relative = path.relative_to(root).as_posix()
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    if path.resolve() not in exclude:
+                        stack.append(path)
+                    continue
+                if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                stat = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    yield Unreadable(str(root), relative, f"cannot stat: {exc.strerror}")
+                continue
+            yield FoundFile(str(root), relative, stat.st_size, stat.st_mtime_ns)

@@ -1,0 +1,377 @@
+"""Bringing a collection in line with folders on disk: add new files, re-encode changed ones, keep
+the vectors of moved ones, drop deleted ones, and record the ones that cannot be used."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from indexer.pipeline import Batch, Failed, Loaded, load_batches
+from indexer.scan import FoundFile, Unreadable, scan
+from search.catalog import Failure, ImageRecord
+from search.collection import Collection
+from search.errors import ClipsearchError, ImageError
+from search.imaging import DEFAULT_MAX_PIXELS, decode
+from search.model import Encoder
+from search.vectors import VectorIndex
+
+Key = tuple[str, str]  # (root, relative path)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class Summary:
+    scanned: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        encoded = self.added + self.updated
+        data["seconds"] = round(self.seconds, 3)
+        data["images_per_second"] = round(encoded / self.seconds, 2) if self.seconds else 0.0
+        return data
+
+
+@dataclass
+class _Known:
+    id: int
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+class Indexer:
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder,
+        batch_size: int = 64,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: bool | None = None,
+    ) -> None:
+        self.collection = collection
+        self.catalog = collection.catalog
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.workers = default_workers() if workers is None else workers
+        self.max_pixels = max_pixels
+        self.progress = progress  # None: a bar only on a terminal
+
+    def run(self, folders: Sequence[Path]) -> Summary:
+        for folder in folders:
+            if not folder.is_dir():
+                raise ClipsearchError(f"not a folder: {folder}")
+        with self.collection.writer():
+            return _Run(self, [folder.resolve() for folder in folders]).execute()
+
+
+class _Run:
+    """One pass of the indexer; its state lives only as long as the pass."""
+
+    def __init__(self, indexer: Indexer, folders: list[Path]) -> None:
+        self.indexer = indexer
+        self.catalog = indexer.catalog
+        self.folders = folders
+        self.summary = Summary()
+        self.vectors: VectorIndex
+        self.generation = 0
+        self.root_ids: dict[str, int] = {}
+        self.known: dict[Key, _Known] = {}
+        self.missing_by_sha: dict[str, list[Key]] = {}
+
+    def execute(self) -> Summary:
+        started = time.perf_counter()
+        self.vectors, self.generation = self.indexer.collection.load_vectors()
+        found, unreadable = self._scan()
+        todo = self._plan(found)
+        known_hashes = frozenset(self.catalog_hashes())
+        try:
+            with tqdm(
+                total=len(todo), unit="img", desc="indexing", disable=self._no_bar(), leave=False
+            ) as bar:
+                for batch in load_batches(
+                    todo,
+                    self.indexer.encoder.preprocess,
+                    known_hashes,
+                    self.indexer.batch_size,
+                    self.indexer.workers,
+                    pin_memory=self.indexer.encoder.device.type == "cuda",
+                    max_pixels=self.indexer.max_pixels,
+                    min_side=self.indexer.encoder.decode_min_side,
+                ):
+                    self._write(batch)
+                    bar.update(len(batch.items))
+            self._record_unreadable(unreadable)
+            self._remove_missing({(f.root, f.path) for f in [*found, *unreadable]})
+        finally:
+            self.indexer.collection.save_vectors(self.vectors, self.generation)
+            self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _no_bar(self) -> bool | None:
+        return None if self.indexer.progress is None else not self.indexer.progress
+
+    def _scan(self) -> tuple[list[FoundFile], list[Unreadable]]:
+        exclude = frozenset({self.indexer.collection.root.resolve()})
+        found: list[FoundFile] = []
+        unreadable: list[Unreadable] = []
+        for folder in self.folders:
+            for entry in scan(folder, exclude):
+                (found if isinstance(entry, FoundFile) else unreadable).append(entry)
+        self.summary.scanned = len(found) + len(unreadable)
+        return found, unreadable
+
+    def _plan(self, found: list[FoundFile]) -> list[FoundFile]:
+        """Load what the catalog knows of these folders and keep only the files to read."""
+        with self.catalog.transaction() as session:
+            for folder in self.folders:
+                self.root_ids[str(folder)] = self.catalog.root_for(session, str(folder)).id
+            roots = {root_id: path for path, root_id in self.root_ids.items()}
+            rows = session.execute(
+                select(
+                    ImageRecord.id,
+                    ImageRecord.root_id,
+                    ImageRecord.path,
+                    ImageRecord.size,
+                    ImageRecord.mtime_ns,
+                    ImageRecord.sha256,
+                ).where(ImageRecord.root_id.in_(roots))
+            )
+            for row in rows:
+                self.known[(roots[row.root_id], row.path)] = _Known(
+                    row.id, row.size, row.mtime_ns, row.sha256
+                )
+            failures = {
+                (roots[f.root_id], f.path): (f.size, f.mtime_ns)
+                for f in session.scalars(select(Failure).where(Failure.root_id.in_(roots)))
+            }
+        present = {(f.root, f.path) for f in found}
+        for key, known in self.known.items():
+            if key not in present:
+                self.missing_by_sha.setdefault(known.sha256, []).append(key)
+        todo = []
+        for file in found:
+            key = (file.root, file.path)
+            known = self.known.get(key)
+            if known and (known.size, known.mtime_ns) == (file.size, file.mtime_ns):
+                self.summary.unchanged += 1
+            elif not known and failures.get(key) == (file.size, file.mtime_ns):
+                self.summary.failed += 1  # still the same broken file: not read again
+            else:
+                todo.append(file)
+        return todo
+
+    def catalog_hashes(self) -> list[str]:
+        with self.catalog.sessions() as session:
+            return list(session.scalars(select(ImageRecord.sha256).distinct()))
+
+    def _write(self, batch: Batch) -> None:
+        """One transaction per batch: after a crash, every committed batch is complete and the
+        next run starts where this one stopped."""
+        to_encode = batch.to_encode
+        vectors = (
+            self.indexer.encoder.encode_batch(batch.pixels) if batch.pixels is not None else None
+        )
+        encoded = {id(item): vectors[i] for i, item in enumerate(to_encode)} if to_encode else {}
+        added: list[tuple[int, np.ndarray]] = []
+        dropped: list[int] = []
+        with self.catalog.transaction() as session:
+            for item in batch.items:
+                if isinstance(item, Failed):
+                    self._fail(session, item.file, item.reason, dropped)
+                    continue
+                vector = encoded.get(id(item))
+                if vector is None:
+                    self._reuse(session, item, added, dropped)
+                else:
+                    self._store(session, item, vector, added, dropped)
+            self.catalog.bump_generation(session)
+            generation = self.catalog.generation(session)
+        self.generation = generation
+        self.vectors.remove(dropped)
+        if added:
+            ids, rows = zip(*added, strict=True)
+            self.vectors.add(np.array(ids), np.stack(rows))
+
+    def _store(
+        self,
+        session: Session,
+        item: Loaded,
+        vector: np.ndarray,
+        added: list[tuple[int, np.ndarray]],
+        dropped: list[int],
+        width: int | None = None,
+        height: int | None = None,
+        taken_at: datetime | None = None,
+    ) -> None:
+        """Insert the file's row, or update it in place so its id (and links to it) survive."""
+        file = item.file
+        key = (file.root, file.path)
+        fields = {
+            "size": file.size,
+            "mtime_ns": file.mtime_ns,
+            "sha256": item.sha256,
+            "width": width or item.width,
+            "height": height or item.height,
+            "ext": file.ext,
+            "taken_at": taken_at or item.taken_at or _file_time(file),
+            "embedding": np.asarray(vector, dtype=np.float32).tobytes(),
+            "indexed_at": datetime.now(),
+        }
+        known = self.known.get(key)
+        record = session.get(ImageRecord, known.id) if known else None
+        if record is not None:
+            for name, value in fields.items():
+                setattr(record, name, value)
+            dropped.append(record.id)
+            self.summary.updated += 1
+        else:
+            record = ImageRecord(root_id=self.root_ids[file.root], path=file.path, **fields)
+            session.add(record)
+            session.flush()
+            self.summary.added += 1
+        self.known[key] = _Known(record.id, file.size, file.mtime_ns, item.sha256)
+        added.append((record.id, np.asarray(vector, dtype=np.float32)))
+        session.execute(
+            delete(Failure).where(
+                Failure.root_id == self.root_ids[file.root], Failure.path == file.path
+            )
+        )
+
+    def _reuse(
+        self,
+        session: Session,
+        item: Loaded,
+        added: list[tuple[int, np.ndarray]],
+        dropped: list[int],
+    ) -> None:
+        """Content already in the catalog: the file was touched, moved, or is a copy."""
+        file = item.file
+        key = (file.root, file.path)
+        known = self.known.get(key)
+        if known and known.sha256 == item.sha256:
+            record = session.get(ImageRecord, known.id)
+            assert record is not None
+            record.size, record.mtime_ns = file.size, file.mtime_ns
+            self.known[key] = _Known(known.id, file.size, file.mtime_ns, item.sha256)
+            self.summary.unchanged += 1
+            return
+        moved_from = self.missing_by_sha.get(item.sha256)
+        if moved_from and not known:
+            old_key = moved_from.pop()
+            record = session.get(ImageRecord, self.known.pop(old_key).id)
+            assert record is not None
+            record.root_id, record.path = self.root_ids[file.root], file.path
+            record.size, record.mtime_ns = file.size, file.mtime_ns
+            self.known[key] = _Known(record.id, file.size, file.mtime_ns, item.sha256)
+            self.summary.moved += 1
+            return
+        source = session.scalars(
+            select(ImageRecord).where(ImageRecord.sha256 == item.sha256).limit(1)
+        ).first()
+        if source is None:
+            # The only row with this content was changed earlier in this run: encode here.
+            self._encode_now(session, item, added, dropped)
+            return
+        self._store(
+            session,
+            item,
+            source.vector,
+            added,
+            dropped,
+            width=source.width,
+            height=source.height,
+            taken_at=source.taken_at,
+        )
+
+    def _encode_now(
+        self,
+        session: Session,
+        item: Loaded,
+        added: list[tuple[int, np.ndarray]],
+        dropped: list[int],
+    ) -> None:
+        try:
+            picture = decode(
+                item.file.absolute.read_bytes(),
+                self.indexer.max_pixels,
+                self.indexer.encoder.decode_min_side,
+            )
+        except (ImageError, OSError) as exc:
+            self._fail(session, item.file, str(exc), dropped)
+            return
+        vector = self.indexer.encoder.encode_images([picture.image])[0]
+        item.width, item.height, item.taken_at = picture.width, picture.height, picture.taken_at
+        self._store(session, item, vector, added, dropped)
+
+    def _fail(self, session: Session, file: FoundFile, reason: str, dropped: list[int]) -> None:
+        """Record why; a file that broke since it was indexed leaves the index."""
+        root_id = self.root_ids[file.root]
+        key = (file.root, file.path)
+        if known := self.known.pop(key, None):
+            session.execute(delete(ImageRecord).where(ImageRecord.id == known.id))
+            dropped.append(known.id)
+        failure = session.scalars(
+            select(Failure).where(Failure.root_id == root_id, Failure.path == file.path)
+        ).first()
+        if failure is None:
+            failure = Failure(root_id=root_id, path=file.path, size=0, mtime_ns=0, reason="")
+            session.add(failure)
+        failure.size, failure.mtime_ns, failure.reason = file.size, file.mtime_ns, reason
+        failure.seen_at = datetime.now()
+        self.summary.failed += 1
+
+    def _record_unreadable(self, unreadable: list[Unreadable]) -> None:
+        if not unreadable:
+            return
+        with self.catalog.transaction() as session:
+            dropped: list[int] = []
+            for entry in unreadable:
+                self._fail(session, FoundFile(entry.root, entry.path, 0, 0), entry.reason, dropped)
+            self.catalog.bump_generation(session)
+            self.generation = self.catalog.generation(session)
+        self.vectors.remove(dropped)
+
+    def _remove_missing(self, present: set[Key]) -> None:
+        """Deleted files leave catalog and index; this runs last so moves are found first."""
+        gone = [(key, known.id) for key, known in self.known.items() if key not in present]
+        with self.catalog.transaction() as session:
+            if gone:
+                session.execute(delete(ImageRecord).where(ImageRecord.id.in_([i for _, i in gone])))
+            for path, root_id in self.root_ids.items():
+                stale = [
+                    failure.id
+                    for failure in session.scalars(
+                        select(Failure).where(Failure.root_id == root_id)
+                    )
+                    if (path, failure.path) not in present
+                ]
+                session.execute(delete(Failure).where(Failure.id.in_(stale)))
+            self.catalog.bump_generation(session)
+            self.generation = self.catalog.generation(session)
+        self.vectors.remove(i for _, i in gone)
+        self.summary.removed = len(gone)
+
+
+def _file_time(file: FoundFile) -> datetime:
+    return datetime.fromtimestamp(file.mtime_ns / 1e9)

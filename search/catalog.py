@@ -1,0 +1,178 @@
+"""The SQLite catalog: every indexed image, its embedding and metadata, and every file that failed.
+
+The catalog is the source of truth. The FAISS index is derived from the embeddings stored here
+and is tagged with the catalog's generation, which every write transaction that changes the set
+of vectors increments; a mismatch after a crash is repaired by rebuilding from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {dict[str, Any]: JSON}
+
+
+class Root(Base):
+    """An indexed folder; image paths are stored relative to it so a collection can move."""
+
+    __tablename__ = "roots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(unique=True)
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("root_id", "path"),
+        Index("ix_images_sha256", "sha256"),
+        Index("ix_images_taken_at", "taken_at"),
+        # AUTOINCREMENT: an id is never handed out twice, so a stale link never shows
+        # another image.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
+    path: Mapped[str]  # POSIX, relative to the root
+    size: Mapped[int]
+    mtime_ns: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    ext: Mapped[str] = mapped_column(String(16))
+    taken_at: Mapped[datetime]  # EXIF capture time, else file time
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
+    indexed_at: Mapped[datetime] = mapped_column(default=datetime.now)
+
+    root: Mapped[Root] = relationship(lazy="joined")
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+    @property
+    def file_path(self) -> Path:
+        return Path(self.root.path, self.path)
+
+
+class Failure(Base):
+    """A file the indexer could not use, with the reason `clipsearch stats` shows."""
+
+    __tablename__ = "failures"
+    __table_args__ = (UniqueConstraint("root_id", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    root_id: Mapped[int] = mapped_column(ForeignKey("roots.id"))
+    path: Mapped[str]
+    size: Mapped[int]
+    mtime_ns: Mapped[int]
+    reason: Mapped[str]
+    seen_at: Mapped[datetime] = mapped_column(default=datetime.now)
+
+    root: Mapped[Root] = relationship(lazy="joined")
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(primary_key=True)
+    value: Mapped[int]
+
+
+GENERATION = "generation"
+
+
+class Catalog:
+    """One SQLite file and the session factory every reader and writer uses."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.transaction() as session:
+            if session.get(Meta, GENERATION) is None:
+                session.add(Meta(key=GENERATION, value=0))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work commits on success and rolls back on any error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def generation(self, session: Session | None = None) -> int:
+        with contextlib.nullcontext(session) if session else self.sessions() as s:
+            return s.scalar(select(Meta.value).where(Meta.key == GENERATION)) or 0
+
+    @staticmethod
+    def bump_generation(session: Session) -> None:
+        session.execute(update(Meta).where(Meta.key == GENERATION).values(value=Meta.value + 1))
+
+    def root_for(self, session: Session, path: str) -> Root:
+        root = session.scalar(select(Root).where(Root.path == path))
+        if root is None:
+            root = Root(path=path)
+            session.add(root)
+            session.flush()
+        return root
+
+    def snapshot_vectors(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, ids, vectors) read in one transaction, for rebuilding the FAISS index."""
+        with self.sessions() as session:
+            generation = self.generation(session)
+            rows = session.execute(select(ImageRecord.id, ImageRecord.embedding)).all()
+        ids = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
+        return generation, ids, vectors.reshape(len(rows), -1) if rows else vectors
+
+    def counts(self) -> dict[str, int]:
+        with self.sessions() as session:
+            return {
+                "images": session.scalar(select(func.count(ImageRecord.id))) or 0,
+                "failed": session.scalar(select(func.count(Failure.id))) or 0,
+                "roots": session.scalar(select(func.count(Root.id))) or 0,
+            }
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets a running server keep reading while the indexer writes; NORMAL sync is still
+    # atomic per transaction, which is what crash safety needs.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,163 @@
+"""A collection on disk: one data directory holding the manifest, the catalog, the vectors and
+the thumbnail cache."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from search.catalog import Catalog, Failure
+from search.errors import CollectionError
+from search.model import Encoder, ModelSpec
+from search.vectors import VectorIndex
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CATALOG = "catalog.sqlite"
+THUMBNAILS = "thumbs"
+WRITER_LOCK = "index.lock"
+
+
+def default_data_dir() -> Path:
+    """$CLIPSEARCH_DATA_DIR, else $XDG_DATA_HOME/clipsearch, else ~/.local/share/clipsearch."""
+    if explicit := os.environ.get("CLIPSEARCH_DATA_DIR"):
+        return Path(explicit)
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "clipsearch"
+
+
+class Collection:
+    def __init__(self, root: Path, spec: ModelSpec) -> None:
+        self.root = root
+        self.spec = spec
+        self.catalog = Catalog(root / CATALOG)
+        self.thumbnails = root / THUMBNAILS
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Collection:
+        manifest = _read_manifest(data_dir)
+        if manifest is None:
+            raise CollectionError(
+                f"no collection in {data_dir}: run 'clipsearch index FOLDER' first, "
+                "or point --data-dir (or $CLIPSEARCH_DATA_DIR) at one"
+            )
+        return cls(data_dir, ModelSpec.from_json(manifest["model"]))
+
+    @classmethod
+    def create_or_open(cls, data_dir: Path, spec: ModelSpec | None) -> Collection:
+        """Open the collection for indexing; a new one is made with `spec` (or the default)."""
+        if _read_manifest(data_dir) is not None:
+            collection = cls.open(data_dir)
+            if spec is not None and not spec.same_model(collection.spec):
+                raise CollectionError(
+                    f"the collection in {data_dir} was built with {collection.spec.describe()}; "
+                    f"it will not mix in vectors of {spec.describe()}. Index into another "
+                    "--data-dir, or leave out --model/--pretrained to use the collection's model"
+                )
+            return collection
+        spec = spec or ModelSpec.from_args(None, None)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CollectionError(f"cannot create {data_dir}: {exc.strerror}") from exc
+        collection = cls(data_dir, spec)
+        collection.catalog.create_schema()
+        _write_json_atomic(
+            data_dir / MANIFEST, {"schema_version": SCHEMA_VERSION, "model": spec.to_json()}
+        )
+        return collection
+
+    def stats(self) -> dict[str, Any]:
+        """What `clipsearch stats` and /api/stats show; needs no model, so it works offline."""
+        with self.catalog.sessions() as session:
+            failures = [
+                {"path": f.path, "root": f.root.path, "reason": f.reason}
+                for f in session.scalars(select(Failure).order_by(Failure.root_id, Failure.path))
+            ]
+        counts = self.catalog.counts()
+        return {
+            "images": counts["images"],
+            "failed": counts["failed"],
+            "model": self.spec.name,
+            "embed_dim": self.spec.embed_dim,
+            "index": {"type": "flat (exact inner product)", "vectors": counts["images"]},
+            "failures": failures,
+        }
+
+    def encoder(self, device: str = "auto") -> Encoder:
+        self.spec.verify_checkpoint()
+        return Encoder(self.spec, device)
+
+    # The vectors: a FAISS file per catalog generation, so a file always says which catalog
+    # state it reflects.
+
+    def vectors_path(self, generation: int) -> Path:
+        return self.root / f"vectors-{generation}.faiss"
+
+    def load_vectors(self) -> tuple[VectorIndex, int]:
+        """The index matching the catalog, rebuilt from the catalog's embeddings when the saved
+        one is missing or stale (after a crash, or while an indexer runs)."""
+        generation = self.catalog.generation()
+        path = self.vectors_path(generation)
+        if path.exists():
+            return VectorIndex.load(path), generation
+        generation, ids, vectors = self.catalog.snapshot_vectors()
+        return VectorIndex.build(self.spec.embed_dim, ids, vectors), generation
+
+    def save_vectors(self, index: VectorIndex, generation: int) -> None:
+        index.save(self.vectors_path(generation))
+        for old in self.root.glob("vectors-*.faiss"):
+            if old != self.vectors_path(generation):
+                old.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """Only one indexer may write a collection at a time."""
+        with open(self.root / WRITER_LOCK, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise CollectionError(
+                    f"another 'clipsearch index' is writing to {self.root}; wait for it to finish"
+                ) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def writer_active(self) -> bool:
+        try:
+            with self.writer():
+                return False
+        except CollectionError:
+            return True
+
+
+def _read_manifest(data_dir: Path) -> dict[str, Any] | None:
+    path = data_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CollectionError(f"cannot read {path}: {exc}") from exc
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise CollectionError(
+            f"{data_dir} holds a collection of schema version {version}; this clipsearch "
+            f"reads version {SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

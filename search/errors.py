@@ -1,0 +1,25 @@
+"""Expected failures, each carrying a message fit to show a user as it is."""
+
+
+class ClipsearchError(Exception):
+    """A failure the user can act on: the CLI prints it on one line, the API as JSON."""
+
+
+class ModelError(ClipsearchError):
+    """The model cannot be built or its weights cannot be had."""
+
+
+class CollectionError(ClipsearchError):
+    """The data directory is missing, damaged, or belongs to another model."""
+
+
+class BadRequest(ClipsearchError):
+    """A query or parameter that cannot be answered as given."""
+
+
+class NotFound(ClipsearchError):
+    """An image id that names no indexed image."""
+
+
+class ImageError(ClipsearchError):
+    """A file or upload that cannot be used as an image."""

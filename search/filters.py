@@ -1,0 +1,135 @@
+"""Metadata filters, parsed once from GET parameters, a POST `filters` object or CLI options, and
+turned into SQL over the catalog."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Float, String, and_, cast, func
+from sqlalchemy.sql.elements import ColumnElement
+
+from search.catalog import ImageRecord
+from search.errors import BadRequest
+
+_ATTR = re.compile(r"^attr_(?P<name>[A-Za-z0-9_.-]+?)(?:_(?P<bound>min|max))?$")
+FILTER_KEYS = ("folder", "ext", "date_from", "date_to")
+
+
+@dataclass(frozen=True)
+class Filters:
+    folder: str | None = None
+    ext: tuple[str, ...] = ()
+    date_from: date | None = None
+    date_to: date | None = None
+    attr_equals: dict[str, str] = field(default_factory=dict)
+    attr_min: dict[str, float] = field(default_factory=dict)
+    attr_max: dict[str, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.folder,
+                self.ext,
+                self.date_from,
+                self.date_to,
+                self.attr_equals,
+                self.attr_min,
+                self.attr_max,
+            )
+        )
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any]) -> Filters:
+        """Read the filter keys of `values`, ignoring keys that are not filters."""
+        folder = _text(values, "folder")
+        if folder is not None:
+            folder = folder.strip("/")
+            if any(part in ("..", ".") for part in folder.split("/")):
+                raise BadRequest("folder: give a path relative to the indexed folder")
+        ext = tuple(
+            e.strip().lower().lstrip(".")
+            for e in (_text(values, "ext") or "").split(",")
+            if e.strip()
+        )
+        equals: dict[str, str] = {}
+        lows: dict[str, float] = {}
+        highs: dict[str, float] = {}
+        for key, value in values.items():
+            match = _ATTR.match(key)
+            if not match:
+                continue
+            name, bound = match["name"], match["bound"]
+            if bound is None:
+                equals[name] = _text(values, key) or ""
+            else:
+                (lows if bound == "min" else highs)[name] = _number(key, value)
+        return cls(
+            folder or None,
+            ext,
+            _date(values, "date_from"),
+            _date(values, "date_to"),
+            equals,
+            lows,
+            highs,
+        )
+
+    def where(self) -> ColumnElement[bool]:
+        conditions: list[ColumnElement[bool]] = []
+        if self.folder:
+            prefix = self.folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(ImageRecord.path.like(f"{prefix}/%", escape="\\"))
+        if self.ext:
+            extensions = set(self.ext) | (
+                {"jpg", "jpeg"} if {"jpg", "jpeg"} & set(self.ext) else set()
+            )
+            conditions.append(ImageRecord.ext.in_(sorted(extensions)))
+        if self.date_from:
+            conditions.append(ImageRecord.taken_at >= datetime.combine(self.date_from, time.min))
+        if self.date_to:
+            end = datetime.combine(self.date_to + timedelta(days=1), time.min)
+            conditions.append(ImageRecord.taken_at < end)
+        for name, value in self.attr_equals.items():
+            conditions.append(cast(_attribute(name), String) == value)
+        for name, value in self.attr_min.items():
+            conditions.append(cast(_attribute(name), Float) >= value)
+        for name, value in self.attr_max.items():
+            conditions.append(cast(_attribute(name), Float) <= value)
+        return and_(*conditions)
+
+
+def _attribute(name: str) -> ColumnElement[Any]:
+    return func.json_extract(ImageRecord.attributes, f'$."{name}"')
+
+
+def _text(values: Mapping[str, Any], key: str) -> str | None:
+    value = values.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadRequest(f"{key}: expected a string")
+    return str(value)
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise BadRequest(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
+def _date(values: Mapping[str, Any], key: str) -> date | None:
+    text = _text(values, key)
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).date()
+    except ValueError:
+        raise BadRequest(f"{key}: expected an ISO date like 2024-05-31, got {text!r}") from None

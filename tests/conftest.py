@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny random open_clip model, sample photos, indexed collections and a
+real server. Nothing here needs the network, ../shared or a GPU."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip/huggingface_hub are imported
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from indexer.sync import Indexer
+from search.collection import Collection
+from search.model import Encoder, ModelSpec
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_images"
+TINY_CONFIG = Path(__file__).with_name("tiny-clip.json")
+TINY_ARGS = ["--model", str(TINY_CONFIG), "--pretrained", "none"]
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> ModelSpec:
+    return ModelSpec.from_args(str(TINY_CONFIG), "none")
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_spec: ModelSpec) -> Encoder:
+    return Encoder(tiny_spec, "cpu")
+
+
+def copy_samples(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in SAMPLES.iterdir():
+        if image.suffix in (".jpg", ".png"):
+            shutil.copy2(image, folder / image.name)
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    return copy_samples(tmp_path / "photos")
+
+
+def build(data_dir: Path, folder: Path, encoder: Encoder) -> Collection:
+    collection = Collection.create_or_open(data_dir, encoder.spec)
+    Indexer(collection, encoder, batch_size=5, workers=0, progress=False).run([folder])
+    return collection
+
+
+@pytest.fixture
+def collection(tmp_path: Path, photos: Path, encoder: Encoder) -> Collection:
+    return build(tmp_path / "data", photos, encoder)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Collection:
+    """One read-only collection shared by a module's tests."""
+    root = tmp_path_factory.mktemp("indexed")
+    return build(root / "data", copy_samples(root / "photos"), encoder)
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "clipsearch", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"clipsearch {args} failed:\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(indexed: Collection) -> Iterator[str]:
+    """`clipsearch serve` on 127.0.0.1, as a user starts it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clipsearch",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(indexed.root),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start:\n{process.stdout.read()}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,57 @@
+"""The `clipsearch` command as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import TINY_ARGS, run_cli
+
+
+def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    first = run_cli("index", str(photos), *TINY_ARGS, *data, "--json", "--workers", "1")
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"scanned", "added", "updated", "unchanged", "removed", "failed"}
+    assert set(summary) >= {"seconds", "images_per_second"}
+    assert (summary["scanned"], summary["added"], summary["failed"]) == (12, 12, 0)
+    assert "RANDOM WEIGHTS" in first.stderr
+
+    again = json.loads(run_cli("index", str(photos), *data, "--json").stdout.splitlines()[-1])
+    assert (again["added"], again["unchanged"]) == (0, 12)
+
+    found = json.loads(run_cli("search", "a red apple", "-k", "5", *data, "--json").stdout)
+    scores = [r["score"] for r in found["results"]]
+    assert found["count"] == 5 and scores == sorted(scores, reverse=True)
+    assert found["model"] == "tiny-clip/none"
+    first_id = found["results"][0]["id"]
+
+    like = json.loads(run_cli("search", "--like", str(first_id), *data, "--json").stdout)
+    assert like["results"][0]["id"] == first_id and like["results"][0]["score"] >= 0.99
+
+    stats = json.loads(run_cli("stats", "--json", *data).stdout)
+    assert stats["images"] == 12 and stats["index"]["vectors"] == 12
+
+
+def test_expected_errors_are_one_line_without_traceback(tmp_path: Path, photos: Path) -> None:
+    missing = run_cli("search", "dog", "--data-dir", str(tmp_path / "none"), check=False)
+    assert missing.returncode == 1
+    assert "no collection" in missing.stderr and "Traceback" not in missing.stderr
+
+    offline = run_cli(
+        "index",
+        str(photos),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--pretrained",
+        "laion2b_s34b_b79k",
+        check=False,
+    )
+    assert offline.returncode == 1 and "Traceback" not in offline.stderr
+    assert "--pretrained FILE" in offline.stderr
+
+    usage = run_cli("search", "-k", "abc", check=False)
+    assert usage.returncode == 2
+
+    no_query = run_cli("search", "--data-dir", str(tmp_path), check=False)
+    assert no_query.returncode == 2

@@ -1,0 +1,95 @@
+"""Decoding untrusted files: every mode to correct RGB, EXIF orientation, clear refusals."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from search.errors import ImageError
+from search.imaging import decode, make_thumbnail
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+NOISE = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+FULL_JPEG = encode(Image.fromarray(NOISE), "JPEG")
+TRUNCATED_JPEG = FULL_JPEG[: len(FULL_JPEG) // 2]
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    data = encode(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG")
+    picture = decode(data)
+    assert picture.image.mode == "RGB" and (picture.width, picture.height) == (40, 30)
+    r, g, b = picture.image.getpixel((20, 15))
+    assert r > 200 and g < 60 and b < 60  # cyan ink off, magenta + yellow on: red
+
+
+def test_palette_transparency_is_composited_on_white() -> None:
+    image = Image.new("P", (10, 10), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.putpixel((0, 0), 1)
+    picture = decode(encode(image, "PNG", transparency=0))
+    assert picture.image.getpixel((5, 5)) == (255, 255, 255)  # transparent: white, not black
+    assert picture.image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_la_half_transparent_grey() -> None:
+    picture = decode(encode(Image.new("LA", (8, 8), (0, 128)), "PNG"))
+    value = picture.image.getpixel((4, 4))
+    assert value[0] == value[1] == value[2] and 120 <= value[0] <= 135
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    values = np.full((6, 6), 32768, dtype=np.uint16)
+    data = encode(Image.fromarray(values), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    assert decode(data).image.getpixel((3, 3)) == (128, 128, 128)
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (12, 12), colour) for colour in ((0, 0, 255), (255, 0, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    r, _, b = decode(data).image.getpixel((6, 6))
+    assert b > 200 and r < 50
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (60, 20), (0, 200, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    exif.get_ifd(0x8769)[0x9003] = "2021:07:04 12:30:00"
+    picture = decode(encode(image, "JPEG", exif=exif.tobytes()))
+    assert (picture.width, picture.height) == (20, 60)
+    assert picture.taken_at is not None and picture.taken_at.year == 2021
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is text, not a PNG", "not a readable image"),
+        (TRUNCATED_JPEG, "(?i)truncated"),
+    ],
+)
+def test_unusable_bytes_get_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageError, match=reason):
+        decode(data)
+
+
+def test_pixel_limit_refuses_before_decoding() -> None:
+    data = encode(Image.new("L", (400, 300)), "PNG")
+    with pytest.raises(ImageError, match="over the limit"):
+        decode(data, max_pixels=100_000)
+    assert decode(data, max_pixels=120_000).width == 400
+
+
+def test_thumbnail_is_a_small_jpeg() -> None:
+    thumb = Image.open(io.BytesIO(make_thumbnail(encode(Image.new("RGB", (1000, 500)), "PNG"))))
+    assert thumb.format == "JPEG" and thumb.size == (256, 128)

@@ -1,0 +1,122 @@
+"""The indexer against real folders, a real SQLite catalog and a real FAISS index."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from indexer.sync import Indexer
+from search.catalog import ImageRecord
+from search.collection import Collection
+from search.errors import CollectionError
+from search.model import Encoder, ModelSpec
+from tests.conftest import SAMPLES
+
+
+def reindex(collection: Collection, encoder: Encoder, folder: Path):
+    return Indexer(collection, encoder, batch_size=4, workers=0, progress=False).run([folder])
+
+
+def ids_by_path(collection: Collection) -> dict[str, int]:
+    with collection.catalog.sessions() as session:
+        return {r.path: r.id for r in session.scalars(select(ImageRecord))}
+
+
+def assert_index_matches_catalog(collection: Collection) -> None:
+    """Every vector maps to exactly one live catalog row, by id."""
+    vectors, generation = collection.load_vectors()
+    assert generation == collection.catalog.generation()
+    assert collection.vectors_path(generation).exists()
+    assert sorted(vectors.ids()) == sorted(ids_by_path(collection).values())
+
+
+def test_first_run_indexes_every_sample(collection: Collection) -> None:
+    paths = ids_by_path(collection)
+    assert len(paths) == 12
+    assert "red-apple.jpg" in paths
+    assert_index_matches_catalog(collection)
+
+
+def test_second_run_encodes_nothing(collection: Collection, encoder: Encoder, photos: Path) -> None:
+    summary = reindex(collection, encoder, photos)
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 0, 12)
+    assert summary.scanned == 12 and summary.removed == 0
+
+
+def test_changed_deleted_moved_and_new_files(
+    collection: Collection, encoder: Encoder, photos: Path
+) -> None:
+    before = ids_by_path(collection)
+    shutil.copy2(SAMPLES / "snowman.png", photos / "red-apple.jpg")  # content changed
+    (photos / "checkerboard.png").unlink()  # deleted
+    (photos / "trips").mkdir()
+    (photos / "rainbow.png").rename(photos / "trips" / "rainbow-renamed.png")  # moved
+    shutil.copy2(SAMPLES / "yellow-flower.jpg", photos / "trips" / "flower-copy.jpg")  # copy
+
+    summary = reindex(collection, encoder, photos)
+
+    assert (summary.updated, summary.removed, summary.moved, summary.added) == (1, 1, 1, 1)
+    after = ids_by_path(collection)
+    assert "checkerboard.png" not in after
+    assert after["red-apple.jpg"] == before["red-apple.jpg"]  # same id, new vector
+    assert after["trips/rainbow-renamed.png"] == before["rainbow.png"]  # kept its id
+    with collection.catalog.sessions() as session:
+        apple = session.get(ImageRecord, after["red-apple.jpg"])
+        snowman = session.get(ImageRecord, after["snowman.png"])
+        copy = session.get(ImageRecord, after["trips/flower-copy.jpg"])
+        flower = session.get(ImageRecord, after["yellow-flower.jpg"])
+        np.testing.assert_array_equal(apple.vector, snowman.vector)
+        np.testing.assert_array_equal(copy.vector, flower.vector)
+    assert_index_matches_catalog(collection)
+
+
+def test_bad_files_are_recorded_and_skipped(
+    collection: Collection, encoder: Encoder, photos: Path
+) -> None:
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "notes.png").write_text("not an image")
+    data = (SAMPLES / "city-skyline-night.jpg").read_bytes()
+    (photos / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (photos / "loop").mkdir()
+    (photos / "loop" / "back").symlink_to(photos, target_is_directory=True)
+
+    summary = reindex(collection, encoder, photos)
+
+    assert summary.failed == 3 and summary.unchanged == 12 and summary.added == 0
+    failures = {f["path"]: f["reason"] for f in collection.stats()["failures"]}
+    assert set(failures) == {"empty.jpg", "notes.png", "truncated.jpg"}
+    assert "empty" in failures["empty.jpg"]
+    assert len(ids_by_path(collection)) == 12  # nothing indexed before was lost
+
+    (photos / "notes.png").unlink()
+    summary = reindex(collection, encoder, photos)
+    assert summary.failed == 2
+    assert collection.stats()["failed"] == 2
+
+
+def test_a_collection_refuses_another_model(collection: Collection) -> None:
+    spec = ModelSpec.from_args("ViT-B-32", "none")
+    with pytest.raises(CollectionError, match="will not mix"):
+        Collection.create_or_open(collection.root, spec)
+    assert Collection.create_or_open(collection.root, None).spec == collection.spec
+
+
+def test_stale_vectors_are_rebuilt_from_the_catalog(collection: Collection) -> None:
+    """After a crash between a catalog commit and the index save, the catalog wins."""
+    generation = collection.catalog.generation()
+    saved = collection.vectors_path(generation)
+    stale = collection.vectors_path(generation - 1)
+    saved.rename(stale)
+    vectors, loaded_generation = collection.load_vectors()
+    assert loaded_generation == generation
+    assert sorted(vectors.ids()) == sorted(ids_by_path(collection).values())
+
+
+def test_only_one_indexer_at_a_time(collection: Collection, encoder: Encoder, photos: Path) -> None:
+    with collection.writer(), pytest.raises(CollectionError, match="another"):
+        reindex(collection, encoder, photos)
+    assert not collection.writer_active()

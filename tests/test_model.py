@@ -1,0 +1,119 @@
+"""The model layer against open_clip itself: same embeddings, same weights, clear failures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from search.errors import ModelError
+from search.imaging import decode
+from search.model import Encoder, ModelSpec
+from tests.conftest import SAMPLES, TINY_CONFIG
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[torch.nn.Module, object]:
+    """The tiny model built by open_clip directly, with the seed clipsearch uses."""
+    open_clip.add_model_config(TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip")
+    return model.eval(), preprocess
+
+
+def reference_embedding(reference: tuple, image: Image.Image) -> np.ndarray:
+    model, preprocess = reference
+    with torch.no_grad():
+        features = model.encode_image(preprocess(image.convert("RGB"))[None])
+    return torch.nn.functional.normalize(features, dim=-1)[0].numpy()
+
+
+def test_image_embedding_matches_open_clip_reference(encoder: Encoder, reference: tuple) -> None:
+    """Our decode + preprocess + encode equals open_clip's documented recipe."""
+    for name in ("red-apple.jpg", "rainbow.png", "night-sky-moon.png"):
+        path = SAMPLES / name
+        expected = reference_embedding(reference, Image.open(path))
+        ours = encoder.encode_images([decode(path.read_bytes()).image])[0]
+        assert np.dot(ours, expected) > 0.9999, name
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_draft_decoded_large_jpeg_matches_full_decode(
+    encoder: Encoder, reference: tuple, tmp_path: Path
+) -> None:
+    """JPEG draft mode (DCT scaling) must not change what the model sees."""
+    for name in ("sunset-over-sea.jpg", "city-skyline-night.jpg", "pine-forest.jpg"):
+        big = Image.open(SAMPLES / name).resize((3200, 2400), Image.Resampling.BICUBIC)
+        path = tmp_path / name
+        big.save(path, quality=90)
+        picture = decode(path.read_bytes(), min_side=encoder.decode_min_side)
+        assert (picture.width, picture.height) == (3200, 2400)
+        assert picture.image.width < 3200  # the draft path was taken
+        ours = encoder.encode_images([picture.image])[0]
+        assert np.dot(ours, reference_embedding(reference, Image.open(path))) >= 0.99, name
+
+
+def test_text_embeddings_are_normalised_and_distinct(encoder: Encoder) -> None:
+    vectors = encoder.encode_texts(["a red apple", "a snowman in winter"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.dot(vectors[0], vectors[1]) < 0.9999
+
+
+def test_random_weights_are_reproducible(tiny_spec: ModelSpec, encoder: Encoder) -> None:
+    """`--pretrained none` must give the query process the indexer's model."""
+    again = Encoder(tiny_spec, "cpu")
+    np.testing.assert_array_equal(again.encode_texts(["a boat"]), encoder.encode_texts(["a boat"]))
+
+
+def test_local_checkpoint_round_trip(tmp_path: Path, encoder: Encoder) -> None:
+    """A saved state dict loaded through --pretrained FILE gives the same embeddings."""
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"state_dict": encoder.model.state_dict()}, checkpoint)
+    spec = ModelSpec.from_args(str(TINY_CONFIG), str(checkpoint))
+    assert spec.pretrained == "file" and spec.checkpoint_sha256
+    loaded = Encoder(spec, "cpu")
+    image = decode((SAMPLES / "snowman.png").read_bytes()).image
+    np.testing.assert_allclose(
+        loaded.encode_images([image]), encoder.encode_images([image]), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        loaded.encode_texts(["snow"]), encoder.encode_texts(["snow"]), atol=1e-6
+    )
+    checkpoint.write_bytes(b"changed")
+    with pytest.raises(ModelError, match="changed"):
+        spec.verify_checkpoint()
+
+
+def test_offline_pretrained_tag_fails_fast_with_guidance() -> None:
+    spec = ModelSpec.from_args("ViT-B-32", "laion2b_s34b_b79k")
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="--pretrained FILE"):
+        Encoder(spec, "cpu")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained", "message"),
+    [
+        ("NoSuchNet", "none", "unknown model"),
+        ("ViT-B-32", "no-such-tag", "known tags"),
+        (str(TINY_CONFIG), "laion2b_s34b_b79k", "config JSON"),
+        ("RN50", None, "--pretrained is required"),
+    ],
+)
+def test_bad_model_arguments(model: str, pretrained: str | None, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        ModelSpec.from_args(model, pretrained)
+
+
+def test_broken_model_config(tmp_path: Path) -> None:
+    config = tmp_path / "broken.json"
+    config.write_text('{"embed_dim": 8}')
+    with pytest.raises(ModelError, match="vision_cfg"):
+        ModelSpec.from_args(str(config), "none")

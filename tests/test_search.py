@@ -1,0 +1,122 @@
+"""The query engine: exact where it matters, checked against brute force."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from search.catalog import ImageRecord
+from search.collection import Collection
+from search.engine import SearchEngine, Term
+from search.errors import BadRequest, NotFound
+from search.filters import Filters
+from search.model import Encoder
+from tests.conftest import SAMPLES, build
+
+
+@pytest.fixture(scope="module")
+def engine(indexed: Collection, encoder: Encoder) -> SearchEngine:
+    return SearchEngine(indexed, encoder)
+
+
+def stored(collection: Collection) -> tuple[np.ndarray, np.ndarray]:
+    with collection.catalog.sessions() as session:
+        rows = session.scalars(select(ImageRecord).order_by(ImageRecord.id)).all()
+    return np.array([r.id for r in rows]), np.stack([r.vector for r in rows])
+
+
+def test_each_image_queried_by_id_comes_back_first(engine: SearchEngine) -> None:
+    ids, _ = stored(engine.collection)
+    for image_id in ids:
+        page = engine.search(engine.query_vector([Term("image_id", int(image_id))]), k=3)
+        assert page.hits[0].record.id == image_id
+        assert page.hits[0].score >= 0.99
+
+
+def test_faiss_top_k_equals_brute_force(engine: SearchEngine, encoder: Encoder) -> None:
+    ids, vectors = stored(engine.collection)
+    for text in ("a red apple", "night sky with stars", "boat", "city at night"):
+        query = encoder.encode_texts([text])[0]
+        scores = vectors @ query
+        expected = ids[np.argsort(-scores, kind="stable")][:5]
+        page = engine.search(query, k=5)
+        assert [h.record.id for h in page.hits] == list(expected)
+        np.testing.assert_allclose(
+            [h.score for h in page.hits], np.sort(scores)[::-1][:5], atol=1e-5
+        )
+
+
+def test_uploaded_image_finds_its_indexed_twin(engine: SearchEngine) -> None:
+    data = (SAMPLES / "sailing-boat.jpg").read_bytes()
+    page = engine.search(engine.query_vector([Term("image_bytes", data)]), k=1)
+    assert page.hits[0].record.path == "sailing-boat.jpg"
+    assert page.hits[0].score > 0.999
+
+
+def test_pages_are_disjoint_and_add_up_to_the_top(engine: SearchEngine) -> None:
+    query = engine.query_vector([Term("text", "a picture")])
+    top = [h.record.id for h in engine.search(query, k=8).hits]
+    first = [h.record.id for h in engine.search(query, k=4).hits]
+    second = [h.record.id for h in engine.search(query, k=4, offset=4).hits]
+    assert first + second == top
+    assert len(engine.search(query, k=10, offset=10).hits) == 2
+
+
+def test_min_score_cuts_the_list(engine: SearchEngine) -> None:
+    query = engine.query_vector([Term("text", "a picture")])
+    assert engine.search(query, k=12, min_score=2.0).hits == []
+    all_hits = engine.search(query, k=12).hits
+    middle = all_hits[5].score
+    kept = engine.search(query, k=12, min_score=middle).hits
+    assert all(h.score >= middle for h in kept) and len(kept) >= 6
+
+
+def test_negative_terms_push_results_away(engine: SearchEngine) -> None:
+    ids, _ = stored(engine.collection)
+    plain = engine.query_vector([Term("image_id", int(ids[0]))])
+    pushed = engine.query_vector(
+        [Term("image_id", int(ids[0]))], [Term("image_id", int(ids[0]), 0.9)]
+    )
+    own = engine.image(int(ids[0])).vector
+    assert np.dot(pushed, own) < np.dot(plain, own)
+    with pytest.raises(BadRequest, match="cancel"):
+        engine.query_vector([Term("text", "x")], [Term("text", "x")])
+
+
+def test_bad_queries(engine: SearchEngine) -> None:
+    query = engine.query_vector([Term("text", "x")])
+    with pytest.raises(BadRequest):
+        engine.search(query, k=0)
+    with pytest.raises(BadRequest):
+        engine.search(query, k=1001)
+    with pytest.raises(BadRequest):
+        engine.query_vector([Term("text", "x" * 1001)])
+    with pytest.raises(NotFound):
+        engine.query_vector([Term("image_id", 999_999)])
+
+
+def test_filters_keep_exact_results_and_never_return_fewer_than_exist(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    photos = tmp_path / "photos"
+    for folder in ("alpha", "beta"):
+        (photos / folder).mkdir(parents=True)
+        for image in SAMPLES.glob("*.jpg"):
+            shutil.copy2(image, photos / folder / f"{folder}-{image.name}")
+    engine = SearchEngine(build(tmp_path / "data", photos, encoder), encoder)
+    query = engine.query_vector([Term("text", "anything")])
+
+    beta = engine.search(query, k=100, filters=Filters.parse({"folder": "beta"})).hits
+    assert len(beta) == 8 and all(h.record.path.startswith("beta/") for h in beta)
+    assert engine.search(query, k=100, filters=Filters.parse({"folder": "bet"})).hits == []
+    assert engine.search(query, k=100, filters=Filters.parse({"ext": "png"})).hits == []
+    assert len(engine.search(query, k=100, filters=Filters.parse({"ext": "jpeg"})).hits) == 16
+    today = Filters.parse({"date_from": "2000-01-01"})
+    assert len(engine.search(query, k=100, filters=today).hits) == 16
+    assert engine.search(query, k=100, filters=Filters.parse({"date_to": "1999-12-31"})).hits == []
+    with pytest.raises(BadRequest, match="ISO date"):
+        Filters.parse({"date_from": "notadate"})

@@ -1,0 +1,79 @@
+"""The Flask app: a search page, files served by id, and the JSON API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from search.collection import Collection, default_data_dir
+from search.engine import SearchEngine
+from search.errors import ClipsearchError, NotFound
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "DEVICE": "auto",
+    "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # uploads; larger bodies get 413
+    "THUMBNAIL_MAX_AGE": 24 * 3600,
+}
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None, engine: SearchEngine | None = None
+) -> Flask:
+    """Build the app for one collection (`DATA_DIR`); pass `engine` to share a loaded model."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS, DATA_DIR=default_data_dir())
+    app.config.from_mapping(config or {})
+    if engine is None:
+        collection = Collection.open(Path(app.config["DATA_DIR"]))
+        engine = SearchEngine(collection, collection.encoder(app.config["DEVICE"]))
+    app.extensions["clipsearch"] = engine
+
+    from web.api import api
+    from web.files import files
+    from web.pages import pages
+
+    app.register_blueprint(pages)
+    app.register_blueprint(files)
+    app.register_blueprint(api)
+    app.register_error_handler(ClipsearchError, _clipsearch_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.after_request(_security_headers)
+    return app
+
+
+def get_engine() -> SearchEngine:
+    engine: SearchEngine = current_app.extensions["clipsearch"]
+    return engine
+
+
+def _clipsearch_error(exc: ClipsearchError) -> Any:
+    return jsonify(error=str(exc)), 404 if isinstance(exc, NotFound) else 400
+
+
+def _http_error(exc: HTTPException) -> Any:
+    messages = {413: "request body too large"}
+    message = messages.get(exc.code or 500, exc.description or exc.name)
+    return jsonify(error=message), exc.code
+
+
+def _unexpected_error(exc: Exception) -> Any:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return jsonify(error="internal error"), 500
+
+
+def _security_headers(response: Any) -> Any:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+        "script-src 'self'; frame-ancestors 'none'",
+    )
+    return response

@@ -1,0 +1,48 @@
+"""The JSON API: search, image metadata and collection stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from web import get_engine
+from web.params import parse_search
+
+api = Blueprint("api", __name__, url_prefix="/api")
+
+
+@api.route("/search", methods=["GET", "POST"])
+def search() -> Any:
+    engine = get_engine()
+    query = parse_search(request)
+    vector = engine.query_vector(query.positive, query.negative)
+    page = engine.search(vector, query.k, query.offset, query.min_score, query.filters)
+    return jsonify(page.to_json(engine.collection.spec.name))
+
+
+@api.get("/images/<int:image_id>")
+def image(image_id: int) -> Any:
+    record = get_engine().image(image_id)
+    return jsonify(
+        id=record.id,
+        path=record.path,
+        url=f"/images/{record.id}",
+        thumbnail_url=f"/thumbs/{record.id}",
+        width=record.width,
+        height=record.height,
+        size=record.size,
+        ext=record.ext,
+        taken_at=record.taken_at.isoformat(),
+        sha256=record.sha256,
+        attributes=record.attributes or {},
+    )
+
+
+@api.get("/stats")
+def stats() -> Any:
+    engine = get_engine()
+    data = engine.collection.stats()
+    data["index"]["vectors"] = engine.size
+    data.pop("failures")  # paths on the server's disk are not the API's business
+    return jsonify(data)

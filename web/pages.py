@@ -1,0 +1,41 @@
+"""The HTML search page and the health check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, render_template, request
+
+from search.errors import ClipsearchError
+from web import get_engine
+from web.params import parse_search
+
+pages = Blueprint("pages", __name__)
+
+
+@pages.get("/")
+def index() -> Any:
+    engine = get_engine()
+    page = error = None
+    if request.args.get("q") or request.args.get("image_id"):
+        try:
+            parsed = parse_search(request)
+            vector = engine.query_vector(parsed.positive, parsed.negative)
+            page = engine.search(vector, parsed.k, parsed.offset, parsed.min_score, parsed.filters)
+        except ClipsearchError as exc:
+            error = str(exc)
+    html = render_template(
+        "index.html",
+        query=request.args.get("q", ""),
+        like=request.args.get("image_id", ""),
+        page=page,
+        error=error,
+        size=engine.size,
+        model=engine.collection.spec.name,
+    )
+    return html, 400 if error else 200
+
+
+@pages.get("/healthz")
+def healthz() -> Any:
+    return {"status": "ok", "images": get_engine().size}
