@@ -167,8 +167,9 @@ def search(
         filters[name if name.startswith("attr_") else f"attr_{name}"] = value
     collection = Collection.open(data_dir)
     engine = SearchEngine(collection, collection.encoder(device))
-    vector = engine.query_vector(terms)
-    page = engine.search(vector, k, offset, min_score, Filters.parse(filters))
+    page = engine.query(
+        terms, k=k, offset=offset, min_score=min_score, filters=Filters.parse(filters)
+    )
     if as_json:
         click.echo(json.dumps(page.to_json(collection.spec.name), indent=2))
         return

@@ -130,6 +130,21 @@ class SearchEngine:
         picture = decode(term.value, min_side=self.encoder.decode_min_side)
         return self.encoder.encode_images([picture.image])[0]
 
+    def query(
+        self,
+        positive: Sequence[Term],
+        negative: Sequence[Term] = (),
+        k: int = 20,
+        offset: int = 0,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> Page:
+        """Embed the terms and search; took_ms covers both, as a caller experiences it."""
+        started = time.perf_counter()
+        page = self.search(self.query_vector(positive, negative), k, offset, min_score, filters)
+        page.took_ms = (time.perf_counter() - started) * 1000
+        return page
+
     def search(
         self,
         vector: np.ndarray,

@@ -15,9 +15,7 @@ api = Blueprint("api", __name__, url_prefix="/api")
 @api.route("/search", methods=["GET", "POST"])
 def search() -> Any:
     engine = get_engine()
-    query = parse_search(request)
-    vector = engine.query_vector(query.positive, query.negative)
-    page = engine.search(vector, query.k, query.offset, query.min_score, query.filters)
+    page = engine.query(**vars(parse_search(request)))
     return jsonify(page.to_json(engine.collection.spec.name))
 
 

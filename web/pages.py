@@ -19,9 +19,7 @@ def index() -> Any:
     page = error = None
     if request.args.get("q") or request.args.get("image_id"):
         try:
-            parsed = parse_search(request)
-            vector = engine.query_vector(parsed.positive, parsed.negative)
-            page = engine.search(vector, parsed.k, parsed.offset, parsed.min_score, parsed.filters)
+            page = engine.query(**vars(parse_search(request)))
         except ClipsearchError as exc:
             error = str(exc)
     html = render_template(
