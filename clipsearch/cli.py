@@ -14,6 +14,7 @@ import click
 
 from search.collection import Collection, default_data_dir
 from search.errors import ClipsearchError
+from search.imaging import DEFAULT_MAX_PIXELS
 from search.model import ModelSpec
 
 log = logging.getLogger("clipsearch")
@@ -71,38 +72,59 @@ def cli() -> None:
 @click.argument(
     "folders",
     nargs=-1,
-    required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A CSV or JSONL product catalog with an 'image' column, instead of folders.",
 )
 @click.option("--model", help="open_clip architecture name or model-config JSON file.")
 @click.option(
     "--pretrained",
     help="open_clip pretrained tag, a local checkpoint file, or 'none' (random weights).",
 )
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    help="Images per encoder call (256 on CUDA, else 32).",
+)
 @click.option(
     "--workers", type=click.IntRange(0, 64), help="Decoding processes (default: cores - 1)."
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Larger images are refused (decompression bombs).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary last.")
 @_common
 def index(
     folders: tuple[Path, ...],
+    catalog: Path | None,
     model: str | None,
     pretrained: str | None,
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
+    max_pixels: int,
     as_json: bool,
     data_dir: Path,
     device: str,
 ) -> None:
-    """Index the images under FOLDERS (recursively, incrementally)."""
+    """Index the images under FOLDERS (recursively, incrementally), or a --catalog."""
     from indexer.sync import Indexer
 
+    if bool(folders) == bool(catalog):
+        raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
     spec = ModelSpec.from_args(model, pretrained) if model or pretrained else None
     collection = Collection.create_or_open(data_dir, spec)
-    indexer = Indexer(collection, collection.encoder(device), batch_size, workers)
+    encoder = collection.encoder(device)
+    batch_size = batch_size or (256 if encoder.device.type == "cuda" else 32)
+    indexer = Indexer(collection, encoder, batch_size, workers, max_pixels)
     try:
-        summary = indexer.run(list(folders))
+        summary = indexer.run_catalog(catalog) if catalog else indexer.run(list(folders))
     except KeyboardInterrupt:
         click.echo("clipsearch: interrupted; everything indexed so far is kept", err=True)
         sys.exit(130)

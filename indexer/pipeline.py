@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 from indexer.scan import FoundFile
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, decode
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -98,6 +103,27 @@ def _collate(items: list[Loaded | Failed]) -> Batch:
 def _worker_init(_worker_id: int) -> None:
     # Each worker decodes one image at a time; extra intra-op threads only fight the encoder.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: let the main process stop the run cleanly
+    # instead of seeing its workers die mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _quiet_when_parent_left
+    _die_with_parent()
+
+
+def _quiet_when_parent_left(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    """A worker still handing a batch over when the run stops loses its connection (Python's
+    resource sharer reports it through sys.excepthook): that is the stop, not an error worth a
+    traceback on the user's terminal."""
+    if not issubclass(kind, ConnectionError | EOFError):
+        sys.__excepthook__(kind, error, trace)
+
+
+def _die_with_parent() -> None:
+    """A killed indexer must not leave workers behind: they hold its inherited collection lock
+    (and memory) until they notice, seconds later, and a re-run would find the lock taken."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def load_batches(

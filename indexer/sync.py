@@ -6,16 +6,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from indexer.catalog_file import read_catalog
 from indexer.pipeline import Batch, Failed, Loaded, load_batches
 from indexer.scan import FoundFile, Unreadable, scan
 from search.catalog import Failure, ImageRecord
@@ -29,7 +30,9 @@ Key = tuple[str, str]  # (root, relative path)
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """One decoding process per core: they spend much of their time waiting on reads and on the
+    encoder's queue, so cores - 1 leaves a 2-core machine a third slower (benchmarks/)."""
+    return max(1, min(16, os.cpu_count() or 2))
 
 
 @dataclass
@@ -59,6 +62,20 @@ class _Known:
     sha256: str
 
 
+@dataclass
+class Sources:
+    """What one run brings the collection in line with: folders scanned, or a catalog read."""
+
+    roots: list[Path]
+    files: list[FoundFile]
+    unreadable: list[Unreadable]
+    attributes: dict[Key, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def present(self) -> set[Key]:
+        return {(f.root, f.path) for f in [*self.files, *self.unreadable]}
+
+
 class Indexer:
     def __init__(
         self,
@@ -78,20 +95,34 @@ class Indexer:
         self.progress = progress  # None: a bar only on a terminal
 
     def run(self, folders: Sequence[Path]) -> Summary:
+        """Index image folders recursively."""
         for folder in folders:
             if not folder.is_dir():
                 raise ClipsearchError(f"not a folder: {folder}")
         with self.collection.writer():
-            return _Run(self, [folder.resolve() for folder in folders]).execute()
+            roots = [folder.resolve() for folder in folders]
+            exclude = frozenset({self.collection.root.resolve()})
+            found = [entry for root in roots for entry in scan(root, exclude)]
+            files = [entry for entry in found if isinstance(entry, FoundFile)]
+            unreadable = [entry for entry in found if isinstance(entry, Unreadable)]
+            return _Run(self, Sources(roots, files, unreadable)).execute()
+
+    def run_catalog(self, path: Path) -> Summary:
+        """Index the images a CSV or JSONL catalog lists, with its columns as attributes."""
+        with self.collection.writer():
+            rows = read_catalog(path)
+            attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
+            sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
+            return _Run(self, sources).execute()
 
 
 class _Run:
     """One pass of the indexer; its state lives only as long as the pass."""
 
-    def __init__(self, indexer: Indexer, folders: list[Path]) -> None:
+    def __init__(self, indexer: Indexer, sources: Sources) -> None:
         self.indexer = indexer
         self.catalog = indexer.catalog
-        self.folders = folders
+        self.sources = sources
         self.summary = Summary()
         self.vectors: VectorIndex
         self.generation = 0
@@ -102,8 +133,8 @@ class _Run:
     def execute(self) -> Summary:
         started = time.perf_counter()
         self.vectors, self.generation = self.indexer.collection.load_vectors()
-        found, unreadable = self._scan()
-        todo = self._plan(found)
+        self.summary.scanned = len(self.sources.files) + len(self.sources.unreadable)
+        todo = self._plan(self.sources.files)
         known_hashes = frozenset(self.catalog_hashes())
         try:
             with tqdm(
@@ -121,8 +152,8 @@ class _Run:
                 ):
                     self._write(batch)
                     bar.update(len(batch.items))
-            self._record_unreadable(unreadable)
-            self._remove_missing({(f.root, f.path) for f in [*found, *unreadable]})
+            self._record_unreadable(self.sources.unreadable)
+            self._remove_missing(self.sources.present)
         finally:
             self.indexer.collection.save_vectors(self.vectors, self.generation)
             self.summary.seconds = time.perf_counter() - started
@@ -131,20 +162,10 @@ class _Run:
     def _no_bar(self) -> bool | None:
         return None if self.indexer.progress is None else not self.indexer.progress
 
-    def _scan(self) -> tuple[list[FoundFile], list[Unreadable]]:
-        exclude = frozenset({self.indexer.collection.root.resolve()})
-        found: list[FoundFile] = []
-        unreadable: list[Unreadable] = []
-        for folder in self.folders:
-            for entry in scan(folder, exclude):
-                (found if isinstance(entry, FoundFile) else unreadable).append(entry)
-        self.summary.scanned = len(found) + len(unreadable)
-        return found, unreadable
-
     def _plan(self, found: list[FoundFile]) -> list[FoundFile]:
         """Load what the catalog knows of these folders and keep only the files to read."""
         with self.catalog.transaction() as session:
-            for folder in self.folders:
+            for folder in self.sources.roots:
                 self.root_ids[str(folder)] = self.catalog.root_for(session, str(folder)).id
             roots = {root_id: path for path, root_id in self.root_ids.items()}
             rows = session.execute(
@@ -155,12 +176,20 @@ class _Run:
                     ImageRecord.size,
                     ImageRecord.mtime_ns,
                     ImageRecord.sha256,
+                    ImageRecord.attributes,
                 ).where(ImageRecord.root_id.in_(roots))
             )
             for row in rows:
-                self.known[(roots[row.root_id], row.path)] = _Known(
-                    row.id, row.size, row.mtime_ns, row.sha256
-                )
+                key = (roots[row.root_id], row.path)
+                self.known[key] = _Known(row.id, row.size, row.mtime_ns, row.sha256)
+                new_attributes = self.sources.attributes.get(key, {})
+                if key in self.sources.present and (row.attributes or {}) != new_attributes:
+                    # A catalog row can change its price without its picture changing.
+                    session.execute(
+                        update(ImageRecord)
+                        .where(ImageRecord.id == row.id)
+                        .values(attributes=new_attributes)
+                    )
             failures = {
                 (roots[f.root_id], f.path): (f.size, f.mtime_ns)
                 for f in session.scalars(select(Failure).where(Failure.root_id.in_(roots)))
@@ -236,6 +265,7 @@ class _Run:
             "ext": file.ext,
             "taken_at": taken_at or item.taken_at or _file_time(file),
             "embedding": np.asarray(vector, dtype=np.float32).tobytes(),
+            "attributes": self.sources.attributes.get(key, {}),
             "indexed_at": datetime.now(),
         }
         known = self.known.get(key)
@@ -283,6 +313,7 @@ class _Run:
             assert record is not None
             record.root_id, record.path = self.root_ids[file.root], file.path
             record.size, record.mtime_ns = file.size, file.mtime_ns
+            record.attributes = self.sources.attributes.get(key, {})
             self.known[key] = _Known(record.id, file.size, file.mtime_ns, item.sha256)
             self.summary.moved += 1
             return

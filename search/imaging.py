@@ -7,7 +7,6 @@ model sees was decoded, oriented and converted the same way.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,8 +15,11 @@ from PIL import Image, ImageOps
 
 from search.errors import ImageError
 
-# 12-48 MP photos and panoramas pass; a decompression bomb does not.
+# 12-48 MP photos and panoramas pass; a decompression bomb does not. decode() checks the header's
+# size against its own, configurable limit before any pixel is decoded, so Pillow's fixed global
+# one is lifted.
 DEFAULT_MAX_PIXELS = 150_000_000
+Image.MAX_IMAGE_PIXELS = None
 THUMBNAIL_SIZE = 256
 
 _EXIF_IFD = 0x8769
@@ -47,12 +49,7 @@ def decode(
     if not data:
         raise ImageError("empty file")
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below is the one that counts.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"too many pixels: {exc}") from exc
+        image = Image.open(io.BytesIO(data))
     except Exception as exc:  # Pillow signals unreadable data with many exception types
         raise ImageError(f"not a readable image ({_reason(exc)})") from exc
     pixels = image.width * image.height

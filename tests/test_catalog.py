@@ -1,0 +1,136 @@
+"""Catalog mode: a shop's CSV or JSONL product list, its columns kept as filterable attributes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from indexer.sync import Indexer
+from search.collection import Collection
+from search.engine import SearchEngine, Term
+from search.errors import ClipsearchError
+from search.filters import Filters
+from search.model import Encoder
+from tests.conftest import SAMPLES, TINY_ARGS, run_cli
+
+PRODUCTS = [
+    {
+        "image": "img/red-apple.jpg",
+        "sku": "A1",
+        "title": "Apple",
+        "price": "1.5",
+        "category": "fruit",
+    },
+    {
+        "image": "img/yellow-flower.jpg",
+        "sku": "F1",
+        "title": "Sunflower",
+        "price": "4",
+        "category": "garden",
+    },
+    {
+        "image": "img/pine-forest.jpg",
+        "sku": "T1",
+        "title": "Pine",
+        "price": "120",
+        "category": "garden",
+    },
+    {
+        "image": "img/sailing-boat.jpg",
+        "sku": "B1",
+        "title": "Boat",
+        "price": "9999",
+        "category": "toys",
+    },
+    {"image": "img/missing.jpg", "sku": "X1", "title": "Gone", "price": "1", "category": "fruit"},
+]
+
+
+def write_shop(folder: Path, rows: list[dict[str, str]]) -> Path:
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        source = SAMPLES / Path(row["image"]).name
+        if source.exists():
+            shutil.copy2(source, folder / row["image"])
+    catalog = folder / "products.csv"
+    with open(catalog, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return catalog
+
+
+def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Encoder) -> None:
+    catalog = write_shop(tmp_path / "shop", PRODUCTS)
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    indexer = Indexer(collection, encoder, batch_size=2, workers=0, progress=False)
+
+    summary = indexer.run_catalog(catalog)
+
+    assert (summary.added, summary.failed) == (4, 1)
+    assert "missing" in collection.stats()["failures"][0]["reason"]
+    engine = SearchEngine(collection, encoder)
+    query = [Term("text", "something to buy")]
+    hits = engine.query(query, k=10).hits
+    assert {h.record.attributes["sku"] for h in hits} == {"A1", "F1", "T1", "B1"}
+    assert hits[0].to_json()["attributes"]["title"]
+
+    garden = engine.query(query, k=10, filters=Filters.parse({"attr_category": "garden"})).hits
+    assert {h.record.attributes["sku"] for h in garden} == {"F1", "T1"}
+    cheap = engine.query(query, k=10, filters=Filters.parse({"attr_price_max": "100"})).hits
+    assert {h.record.attributes["sku"] for h in cheap} == {"A1", "F1"}
+    band = Filters.parse({"attr_price_min": 4, "attr_price_max": 120})
+    assert {h.record.attributes["sku"] for h in engine.query(query, k=10, filters=band).hits} == {
+        "F1",
+        "T1",
+    }
+
+    # A price change updates the attribute without re-encoding; a dropped row leaves the index.
+    rows = [dict(PRODUCTS[0], price="2.0"), *PRODUCTS[1:3]]
+    write_shop(tmp_path / "shop", rows)
+    summary = indexer.run_catalog(catalog)
+    assert (summary.added, summary.updated, summary.unchanged, summary.removed) == (0, 0, 3, 1)
+    apple = engine.query(query, k=10, filters=Filters.parse({"attr_sku": "A1"})).hits
+    assert apple[0].record.attributes["price"] == "2.0"
+    assert len(engine.query(query, k=10).hits) == 3
+
+
+def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    write_shop(shop, PRODUCTS[:2])
+    catalog = shop / "products.jsonl"
+    catalog.write_text(
+        "\n".join(
+            json.dumps({"image": row["image"], "sku": row["sku"], "price": float(row["price"])})
+            for row in PRODUCTS[:2]
+        )
+    )
+    data = ["--data-dir", str(tmp_path / "data")]
+    result = run_cli("index", "--catalog", str(catalog), *TINY_ARGS, *data, "--json")
+    assert json.loads(result.stdout.splitlines()[-1])["added"] == 2
+    found = json.loads(run_cli("search", "apple", "--attr", "price=1.5", *data, "--json").stdout)
+    assert [r["attributes"]["sku"] for r in found["results"]] == ["A1"]
+    assert found["results"][0]["attributes"]["price"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("sku,title\nA1,Apple\n", ".csv", "no 'image' column"),
+        ('{"image": "../outside.jpg"}\n', ".jsonl", "inside the catalog's folder"),
+        ("not json\n", ".jsonl", "not valid JSON"),
+        ("image\n\n", ".txt", "must be a .csv or .jsonl"),
+    ],
+)
+def test_bad_catalogs_are_refused_with_a_reason(
+    tmp_path: Path, encoder: Encoder, content: str, suffix: str, message: str
+) -> None:
+    catalog = tmp_path / f"products{suffix}"
+    catalog.write_text(content)
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    with pytest.raises(ClipsearchError, match=message):
+        Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
