@@ -24,7 +24,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 @dataclass
 class Loaded:
     """A file read and decoded; `pixels` is None when its content is already in the catalog
-    (same hash), so its vector is reused instead of encoded again."""
+    (same hash), so its vector is reused instead of encoded again. Collating moves the pixels
+    into the batch's one tensor and sets `encode`."""
 
     file: FoundFile
     sha256: str
@@ -32,6 +33,7 @@ class Loaded:
     width: int = 0
     height: int = 0
     taken_at: datetime | None = None
+    encode: bool = False
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Batch:
 
     @property
     def to_encode(self) -> list[Loaded]:
-        return [item for item in self.items if isinstance(item, Loaded) and item.pixels is not None]
+        """The items whose rows of `pixels` these are, in order."""
+        return [item for item in self.items if isinstance(item, Loaded) and item.encode]
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader on CUDA, so host-to-GPU copies can run asynchronously."""
@@ -94,14 +97,18 @@ class _Files(Dataset[Loaded | Failed]):
 
 
 def _collate(items: list[Loaded | Failed]) -> Batch:
-    tensors = [
-        item.pixels for item in items if isinstance(item, Loaded) and item.pixels is not None
-    ]
+    """Stack a chunk's pixels into one tensor: one shared-memory hand-over per chunk instead of
+    one per image."""
+    tensors = []
+    for item in items:
+        if isinstance(item, Loaded) and item.pixels is not None:
+            tensors.append(item.pixels)
+            item.pixels, item.encode = None, True
     return Batch(items, torch.stack(tensors) if tensors else None)
 
 
 def _worker_init(_worker_id: int) -> None:
-    # Each worker decodes one image at a time; extra intra-op threads only fight the encoder.
+    # Each worker decodes one chunk at a time; extra intra-op threads only fight the encoder.
     torch.set_num_threads(1)
     # Ctrl-C reaches the whole process group: let the main process stop the run cleanly
     # instead of seeing its workers die mid-batch.
@@ -136,25 +143,30 @@ def load_batches(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
 ) -> Iterator[Batch]:
-    """Workers take files one at a time (a worker given a whole batch would leave the others
+    """Workers take small chunks (a worker given a whole encoder batch would leave the others
     idle on a small run); the encoder's batches are put together here."""
+    chunk = max(1, min(32, batch_size // (2 * workers))) if workers else batch_size
     loader = DataLoader(
         _Files(files, preprocess, known_hashes, max_pixels, min_side),
-        batch_size=None,
+        batch_size=chunk,
         num_workers=workers,
+        collate_fn=_collate,
         worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 * batch_size // workers + 1 if workers else None,
+        prefetch_factor=max(2, 2 * batch_size // (chunk * workers)) if workers else None,
     )
-    pending: list[Loaded | Failed] = []
-    for item in loader:
-        pending.append(item)
-        if len(pending) == batch_size:
-            yield _batch(pending, pin_memory)
+    pending: list[Batch] = []
+    for part in loader:
+        pending.append(part)
+        if sum(len(p.items) for p in pending) >= batch_size:
+            yield _merge(pending, pin_memory)
             pending = []
     if pending:
-        yield _batch(pending, pin_memory)
+        yield _merge(pending, pin_memory)
 
 
-def _batch(items: list[Loaded | Failed], pin_memory: bool) -> Batch:
-    batch = _collate(items)
+def _merge(parts: list[Batch], pin_memory: bool) -> Batch:
+    tensors = [part.pixels for part in parts if part.pixels is not None]
+    batch = Batch(
+        [item for part in parts for item in part.items], torch.cat(tensors) if tensors else None
+    )
     return batch.pin_memory() if pin_memory else batch

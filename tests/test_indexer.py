@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from indexer.pipeline import load_batches
+from indexer.scan import FoundFile, scan
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
@@ -120,3 +123,19 @@ def test_only_one_indexer_at_a_time(collection: Collection, encoder: Encoder, ph
     with collection.writer(), pytest.raises(CollectionError, match="another"):
         reindex(collection, encoder, photos)
     assert not collection.writer_active()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pipeline_hands_every_new_file_to_the_encoder_in_batches(
+    encoder: Encoder, photos: Path, workers: int
+) -> None:
+    files = [f for f in scan(photos) if isinstance(f, FoundFile)]
+    known = frozenset({hashlib.sha256((photos / "snowman.png").read_bytes()).hexdigest()})
+    batches = list(load_batches(files, encoder.preprocess, known, 5, workers))
+    assert sum(len(b.items) for b in batches) == 12
+    if workers == 0:
+        assert [len(b.items) for b in batches] == [5, 5, 2]
+    for batch in batches:
+        assert batch.pixels is not None and len(batch.to_encode) == len(batch.pixels)
+    reused = [i for b in batches for i in b.items if not i.encode]
+    assert [i.file.path for i in reused] == ["snowman.png"]  # known content: not decoded
