@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from search.model import Encoder, ModelSpec
+from search.model import Encoder
+from search.spec import ModelSpec
 
 
 def images_per_second(

@@ -25,7 +25,8 @@ from PIL import Image
 from indexer.scan import IMAGE_EXTENSIONS
 from indexer.sync import Indexer, default_workers
 from search.collection import Collection
-from search.model import Encoder, ModelSpec
+from search.model import Encoder
+from search.spec import ModelSpec
 
 
 def generate(folder: Path, count: int, width: int = 4000, height: int = 3000) -> list[Path]:

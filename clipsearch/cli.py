@@ -15,7 +15,7 @@ import click
 from search.collection import Collection, default_data_dir
 from search.errors import ClipsearchError
 from search.imaging import DEFAULT_MAX_PIXELS
-from search.model import ModelSpec
+from search.spec import ModelSpec
 
 log = logging.getLogger("clipsearch")
 
@@ -120,9 +120,7 @@ def index(
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
     spec = ModelSpec.from_args(model, pretrained) if model or pretrained else None
     collection = Collection.create_or_open(data_dir, spec)
-    encoder = collection.encoder(device)
-    batch_size = batch_size or (256 if encoder.device.type == "cuda" else 32)
-    indexer = Indexer(collection, encoder, batch_size, workers, max_pixels)
+    indexer = Indexer(collection, None, batch_size, workers, max_pixels, device=device)
     try:
         summary = indexer.run_catalog(catalog) if catalog else indexer.run(list(folders))
     except KeyboardInterrupt:

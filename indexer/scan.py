@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    | {".heic", ".heif"}
 )
 
 
@@ -49,11 +51,11 @@ def scan(root: Path, exclude: frozenset[Path] = frozenset()) -> Iterator[FoundFi
     while stack:
         folder = stack.pop()
         try:
-            info = folder.stat()
-            if (info.st_dev, info.st_ino) in seen:
+            folder_info = folder.stat()
+            if (folder_info.st_dev, folder_info.st_ino) in seen:
                 log.info("skipping %s: already visited (symlink loop or duplicate link)", folder)
                 continue
-            seen.add((info.st_dev, info.st_ino))
+            seen.add((folder_info.st_dev, folder_info.st_ino))
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", folder, exc.strerror)
@@ -70,9 +72,13 @@ def scan(root: Path, exclude: frozenset[Path] = frozenset()) -> Iterator[FoundFi
                     continue
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
-                stat = entry.stat(follow_symlinks=True)
+                info = entry.stat(follow_symlinks=True)
             except OSError as exc:
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     yield Unreadable(str(root), relative, f"cannot stat: {exc.strerror}")
                 continue
-            yield FoundFile(str(root), relative, stat.st_size, stat.st_mtime_ns)
+            if not stat.S_ISREG(info.st_mode):
+                # A FIFO or device named like an image would block or never end a read.
+                yield Unreadable(str(root), relative, "not a regular file")
+                continue
+            yield FoundFile(str(root), relative, info.st_size, info.st_mtime_ns)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
@@ -17,14 +17,16 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from indexer.catalog_file import read_catalog
-from indexer.pipeline import Batch, Failed, Loaded, load_batches
 from indexer.scan import FoundFile, Unreadable, scan
 from search.catalog import Failure, ImageRecord
 from search.collection import Collection
 from search.errors import ClipsearchError, ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, decode
-from search.model import Encoder
 from search.vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from indexer.pipeline import Batch, Loaded
+    from search.model import Encoder
 
 Key = tuple[str, str]  # (root, relative path)
 
@@ -89,19 +91,29 @@ class Indexer:
     def __init__(
         self,
         collection: Collection,
-        encoder: Encoder,
-        batch_size: int = 64,
+        encoder: Encoder | None = None,
+        batch_size: int | None = None,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool | None = None,
+        device: str = "auto",
     ) -> None:
+        """Without `encoder`, the collection's model is loaded on `device` only once a file
+        needs encoding: a run with nothing new never imports torch."""
         self.collection = collection
         self.catalog = collection.catalog
-        self.encoder = encoder
+        self._encoder = encoder
+        self.device = device
         self.batch_size = batch_size
         self.workers = default_workers() if workers is None else workers
         self.max_pixels = max_pixels
         self.progress = progress  # None: a bar only on a terminal
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = self.collection.encoder(self.device)
+        return self._encoder
 
     def run(self, folders: Sequence[Path]) -> Summary:
         """Index image folders recursively."""
@@ -145,29 +157,41 @@ class _Run:
         self.vectors, self.generation = self.indexer.collection.load_vectors()
         self.summary.scanned = len(self.sources.files) + len(self.sources.unreadable)
         todo = self._plan(self.sources.files)
-        known_hashes = frozenset(self.catalog_hashes())
+        first_generation = self.generation
         try:
-            with tqdm(
-                total=len(todo), unit="img", desc="indexing", disable=self._no_bar(), leave=False
-            ) as bar:
-                for batch in load_batches(
-                    todo,
-                    self.indexer.encoder.preprocess,
-                    known_hashes,
-                    self.indexer.batch_size,
-                    self.indexer.workers,
-                    pin_memory=self.indexer.encoder.device.type == "cuda",
-                    max_pixels=self.indexer.max_pixels,
-                    min_side=self.indexer.encoder.decode_min_side,
-                ):
-                    self._write(batch)
-                    bar.update(len(batch.items))
+            if todo:
+                self._encode(todo)
             self._record_unreadable(self.sources.unreadable)
             self._remove_missing(self.sources.present)
         finally:
-            self.indexer.collection.save_vectors(self.vectors, self.generation)
+            collection = self.indexer.collection
+            if (
+                self.generation != first_generation
+                or not collection.vectors_path(self.generation).exists()
+            ):
+                collection.save_vectors(self.vectors, self.generation)
             self.summary.seconds = time.perf_counter() - started
         return self.summary
+
+    def _encode(self, todo: list[FoundFile]) -> None:
+        from indexer.pipeline import load_batches  # torch: only when there is work for it
+
+        encoder = self.indexer.encoder
+        with tqdm(
+            total=len(todo), unit="img", desc="indexing", disable=self._no_bar(), leave=False
+        ) as bar:
+            for batch in load_batches(
+                todo,
+                encoder.preprocess,
+                frozenset(self.catalog_hashes()),
+                self.indexer.batch_size or (256 if encoder.device.type == "cuda" else 32),
+                self.indexer.workers,
+                pin_memory=encoder.device.type == "cuda",
+                max_pixels=self.indexer.max_pixels,
+                min_side=encoder.decode_min_side,
+            ):
+                self._write(batch)
+                bar.update(len(batch.items))
 
     def _no_bar(self) -> bool | None:
         return None if self.indexer.progress is None else not self.indexer.progress
@@ -227,6 +251,8 @@ class _Run:
     def _write(self, batch: Batch) -> None:
         """One transaction per batch: after a crash, every committed batch is complete and the
         next run starts where this one stopped."""
+        from indexer.pipeline import Failed
+
         to_encode = batch.to_encode
         vectors = (
             self.indexer.encoder.encode_batch(batch.pixels) if batch.pixels is not None else None
@@ -388,29 +414,32 @@ class _Run:
         with self.catalog.transaction() as session:
             for entry in unreadable:
                 self._fail(session, FoundFile(entry.root, entry.path, 0, 0), entry.reason, writes)
-            self.catalog.bump_generation(session)
-            self.generation = self.catalog.generation(session)
+            self._bump_if_changed(session, writes.dropped)
         self.vectors.remove(writes.dropped)
 
     def _remove_missing(self, present: set[Key]) -> None:
         """Deleted files leave catalog and index; this runs last so moves are found first."""
-        gone = [(key, known.id) for key, known in self.known.items() if key not in present]
+        gone = [known.id for key, known in self.known.items() if key not in present]
+        stale = [key for key in self.failures if key not in present]
         with self.catalog.transaction() as session:
             if gone:
-                session.execute(delete(ImageRecord).where(ImageRecord.id.in_([i for _, i in gone])))
-            for path, root_id in self.root_ids.items():
-                stale = [
-                    failure.id
-                    for failure in session.scalars(
-                        select(Failure).where(Failure.root_id == root_id)
+                session.execute(delete(ImageRecord).where(ImageRecord.id.in_(gone)))
+            for root, path in stale:
+                session.execute(
+                    delete(Failure).where(
+                        Failure.root_id == self.root_ids[root], Failure.path == path
                     )
-                    if (path, failure.path) not in present
-                ]
-                session.execute(delete(Failure).where(Failure.id.in_(stale)))
+                )
+            self._bump_if_changed(session, gone)
+        self.vectors.remove(gone)
+        self.summary.removed = len(gone)
+
+    def _bump_if_changed(self, session: Session, dropped: list[int]) -> None:
+        """A new generation only when the set of vectors changed: a run that changes nothing
+        writes no new index file."""
+        if dropped:
             self.catalog.bump_generation(session)
             self.generation = self.catalog.generation(session)
-        self.vectors.remove(i for _, i in gone)
-        self.summary.removed = len(gone)
 
 
 def _file_time(file: FoundFile) -> datetime:

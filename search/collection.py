@@ -9,14 +9,17 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from search.catalog import Catalog, Failure
 from search.errors import CollectionError
-from search.model import Encoder, ModelSpec
+from search.spec import ModelSpec
 from search.vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from search.model import Encoder
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -92,6 +95,8 @@ class Collection:
         }
 
     def encoder(self, device: str = "auto") -> Encoder:
+        from search.model import Encoder  # torch and open_clip: only when a model is needed
+
         self.spec.verify_checkpoint()
         return Encoder(self.spec, device)
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from sqlalchemy import select
@@ -17,7 +17,9 @@ from search.collection import Collection
 from search.errors import BadRequest, NotFound
 from search.filters import Filters
 from search.imaging import decode
-from search.model import Encoder
+
+if TYPE_CHECKING:
+    from search.model import Encoder
 
 MAX_K = 1000
 MAX_OFFSET = 10_000

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps
 
 from search.errors import ImageError
@@ -20,6 +21,8 @@ from search.errors import ImageError
 # one is lifted.
 DEFAULT_MAX_PIXELS = 150_000_000
 Image.MAX_IMAGE_PIXELS = None
+# Phones save HEIC; libheif (through pillow-heif) teaches Pillow to read it.
+pillow_heif.register_heif_opener()
 THUMBNAIL_SIZE = 256
 
 _EXIF_IFD = 0x8769

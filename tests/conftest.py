@@ -20,7 +20,8 @@ import requests
 
 from indexer.sync import Indexer
 from search.collection import Collection
-from search.model import Encoder, ModelSpec
+from search.model import Encoder
+from search.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_images"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -11,8 +12,12 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
+from indexer.pipeline import Failed, load_batches
+from indexer.scan import FoundFile, Unreadable, scan
+from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
+from search.model import Encoder
 from tests.conftest import TINY_ARGS, run_cli
 
 
@@ -83,3 +88,25 @@ def test_twelve_good_four_failed_exit_zero(tmp_path: Path) -> None:
 
     again = json.loads(run_cli("index", str(folder), *data, "--json").stdout.splitlines()[-1])
     assert (again["added"], again["unchanged"], again["failed"]) == (0, 12, 4)
+
+
+def test_special_and_vanishing_files(tmp_path: Path, encoder: Encoder) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "good.png")
+    os.mkfifo(folder / "pipe.jpg")  # reading it would block forever
+    (folder / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    found = list(scan(folder))
+    reasons = {entry.path: entry.reason for entry in found if isinstance(entry, Unreadable)}
+    assert set(reasons) == {"pipe.jpg", "dangling.jpg"}
+    assert reasons["pipe.jpg"] == "not a regular file"
+    assert reasons["dangling.jpg"].startswith("cannot stat")
+
+    vanished = FoundFile(str(folder), "gone.jpg", 10, 0)
+    files = [f for f in found if isinstance(f, FoundFile)] + [vanished]
+    items = [i for b in load_batches(files, encoder.preprocess, frozenset(), 4, 0) for i in b.items]
+    assert isinstance(items[-1], Failed) and "vanished" in items[-1].reason
+
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    summary = Indexer(collection, encoder, workers=0, progress=False).run([folder])
+    assert (summary.added, summary.failed) == (1, 2)

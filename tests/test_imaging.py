@@ -60,6 +60,13 @@ def test_animated_gif_uses_first_frame() -> None:
     assert b > 200 and r < 50
 
 
+def test_heic_from_a_phone_decodes() -> None:
+    data = encode(Image.new("RGB", (64, 48), (10, 200, 30)), "HEIF")
+    picture = decode(data)
+    r, g, b = picture.image.getpixel((32, 24))
+    assert (picture.width, picture.height) == (64, 48) and g > 150 and r < 60 and b < 80
+
+
 def test_exif_orientation_is_applied() -> None:
     image = Image.new("RGB", (60, 20), (0, 200, 0))
     exif = Image.Exif()

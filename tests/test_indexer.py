@@ -16,7 +16,8 @@ from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import CollectionError
-from search.model import Encoder, ModelSpec
+from search.model import Encoder
+from search.spec import ModelSpec
 from tests.conftest import SAMPLES
 
 

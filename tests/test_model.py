@@ -13,7 +13,8 @@ from PIL import Image
 
 from search.errors import ModelError
 from search.imaging import decode
-from search.model import Encoder, ModelSpec
+from search.model import Encoder
+from search.spec import ModelSpec
 from tests.conftest import SAMPLES, TINY_CONFIG
 
 
