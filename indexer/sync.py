@@ -1,5 +1,6 @@
-"""Bringing a collection in line with folders on disk: add new files, re-encode changed ones, keep
-the vectors of moved ones, drop deleted ones, and record the ones that cannot be used."""
+"""Bringing a collection in line with its sources (image folders or a product catalog): add new
+files, re-encode changed ones, keep the vectors of moved ones, drop deleted ones, and record the
+ones that cannot be used."""
 
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ class _Run:
             for batch in load_batches(
                 todo,
                 encoder.preprocess,
-                frozenset(self.catalog_hashes()),
+                frozenset(self._catalog_hashes()),
                 self.indexer.batch_size or (256 if encoder.device.type == "cuda" else 32),
                 self.indexer.workers,
                 pin_memory=encoder.device.type == "cuda",
@@ -228,7 +229,7 @@ class _Run:
                 (roots[f.root_id], f.path): (f.size, f.mtime_ns)
                 for f in session.scalars(select(Failure).where(Failure.root_id.in_(roots)))
             }
-        present = {(f.root, f.path) for f in found}
+        present = self.sources.present
         for key, known in self.known.items():
             if key not in present:
                 self.missing_by_sha.setdefault(known.sha256, []).append(key)
@@ -244,7 +245,7 @@ class _Run:
                 todo.append(file)
         return todo
 
-    def catalog_hashes(self) -> list[str]:
+    def _catalog_hashes(self) -> list[str]:
         with self.catalog.sessions() as session:
             return list(session.scalars(select(ImageRecord.sha256).distinct()))
 

@@ -143,6 +143,8 @@ class Collection:
                 return False
         except CollectionError:
             return True
+        except OSError:  # a read-only collection: nobody can be writing it
+            return False
 
 
 def _read_manifest(data_dir: Path) -> dict[str, Any] | None:

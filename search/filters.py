@@ -67,7 +67,7 @@ class Filters:
             if bound is None:
                 equals[name] = _text(values, key) or ""
             else:
-                (lows if bound == "min" else highs)[name] = _number(key, value)
+                (lows if bound == "min" else highs)[name] = finite_number(key, value)
         return cls(
             folder or None,
             ext,
@@ -115,13 +115,14 @@ def _text(values: Mapping[str, Any], key: str) -> str | None:
     return str(value)
 
 
-def _number(key: str, value: Any) -> float:
+def finite_number(key: str, value: Any) -> float:
+    """A number from a query string or JSON; NaN, infinities and booleans are refused."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise BadRequest(f"{key}: expected a number, got {value!r}") from None
+        raise BadRequest(f"{key} must be a number, got {str(value)[:40]!r}") from None
     if isinstance(value, bool) or not math.isfinite(number):
-        raise BadRequest(f"{key}: expected a finite number, got {value!r}")
+        raise BadRequest(f"{key} must be a finite number")
     return number
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ from flask import Request
 
 from search.engine import MAX_K, MAX_OFFSET, Term
 from search.errors import BadRequest
-from search.filters import Filters
+from search.filters import Filters, finite_number
 
 DEFAULT_K = 20
 
@@ -124,12 +123,4 @@ def _int(values: Mapping[str, Any], key: str, default: int, low: int, high: int)
 
 def _float(values: Mapping[str, Any], key: str) -> float | None:
     raw = values.get(key)
-    if raw is None or raw == "":
-        return None
-    try:
-        number = float(raw)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{key} must be a number, got {str(raw)[:40]!r}") from None
-    if isinstance(raw, bool) or not math.isfinite(number):
-        raise BadRequest(f"{key} must be a finite number")
-    return number
+    return None if raw is None or raw == "" else finite_number(key, raw)
