@@ -90,7 +90,9 @@ def cli() -> None:
     help="Images per encoder call (256 on CUDA, else 32).",
 )
 @click.option(
-    "--workers", type=click.IntRange(0, 64), help="Decoding processes (default: cores - 1)."
+    "--workers",
+    type=click.IntRange(0, 64),
+    help="Decoding processes (default: one per core, at most 16).",
 )
 @click.option(
     "--max-pixels",

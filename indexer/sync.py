@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +84,9 @@ class Sources:
     unreadable: list[Unreadable]
     attributes: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def present(self) -> set[Key]:
+        """Computed once: the plan looks up every catalog row in it."""
         return {(f.root, f.path) for f in [*self.files, *self.unreadable]}
 
 
