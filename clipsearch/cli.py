@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from search.collection import Collection, default_data_dir
+from search.engine import DUPLICATE_COSINE
 from search.errors import ClipsearchError
 from search.imaging import DEFAULT_MAX_PIXELS
 from search.spec import ModelSpec
@@ -152,6 +153,15 @@ def index(
 @click.option("--date-from", help="ISO date, inclusive.")
 @click.option("--date-to", help="ISO date, inclusive.")
 @click.option("--attr", multiple=True, metavar="NAME=VALUE", help="Catalog attribute filter.")
+@click.option("--include-query", is_flag=True, help="Keep the query's own images in the results.")
+@click.option(
+    "--collapse",
+    type=click.FloatRange(0, 1, min_open=True),
+    is_flag=False,
+    flag_value=DUPLICATE_COSINE,
+    help=f"Show one of each group of near-duplicates (cosine at least {DUPLICATE_COSINE}, "
+    "or the value given).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON response.")
 @_common
 def search(
@@ -166,20 +176,36 @@ def search(
     date_from: str | None,
     date_to: str | None,
     attr: tuple[str, ...],
+    include_query: bool,
+    collapse: float | None,
     as_json: bool,
     data_dir: Path,
     device: str,
 ) -> None:
-    """Find the images that best match TEXT, an --image file, or an indexed image (--like)."""
+    """Find the images that best match TEXT, an --image file, or an indexed image (--like).
+
+    TEXT may combine weighted terms, and a term may be an image file:
+    'cat + 2:grass - dog', 'beach - people', 'photo.jpg + snow'.
+    """
     from search.engine import SearchEngine, Term
     from search.filters import Filters
+    from search.syntax import parse_query
 
-    terms = [Term("text", text)] if text else []
+    positive: list[Term] = []
+    negative: list[Term] = []
+    for part in parse_query(text or ""):
+        file = Path(part.text)
+        term = (
+            Term("image_bytes", file.read_bytes(), part.weight)
+            if file.is_file()
+            else Term("text", part.text, part.weight)
+        )
+        (negative if part.negative else positive).append(term)
     if image:
-        terms.append(Term("image_bytes", image.read_bytes()))
+        positive.append(Term("image_bytes", image.read_bytes()))
     if like:
-        terms.append(Term("image_id", like))
-    if not terms:
+        positive.append(Term("image_id", like))
+    if not positive:
         raise click.UsageError("give TEXT, --image FILE or --like ID")
     filters = {"folder": folder, "ext": ext, "date_from": date_from, "date_to": date_to}
     for item in attr:
@@ -190,7 +216,14 @@ def search(
     collection = Collection.open(data_dir)
     engine = SearchEngine(collection, collection.encoder(device))
     page = engine.query(
-        terms, k=k, offset=offset, min_score=min_score, filters=Filters.parse(filters)
+        positive,
+        negative,
+        k=k,
+        offset=offset,
+        min_score=min_score,
+        filters=Filters.parse(filters),
+        include_query=include_query,
+        collapse=collapse,
     )
     if as_json:
         click.echo(json.dumps(page.to_json(collection.spec.name), indent=2))
@@ -201,18 +234,77 @@ def search(
         click.echo("no results", err=True)
 
 
+@cli.command("eval")
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The captioned images (indexed first, incrementally).",
+)
+@click.option(
+    "--captions",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with 'image' (relative to --images) and 'caption' columns.",
+)
+@click.option("--model", help="open_clip architecture name or model-config JSON file.")
+@click.option("--pretrained", help="open_clip pretrained tag, checkpoint file, or 'none'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@_common
+def evaluate(
+    images: Path,
+    captions: Path,
+    model: str | None,
+    pretrained: str | None,
+    as_json: bool,
+    data_dir: Path,
+    device: str,
+) -> None:
+    """Text→image recall@1/5/10 of a model on your own captioned images.
+
+    Each caption is a query; its own image is the relevant result. The images are indexed into
+    --data-dir; give each model its own --data-dir to compare models.
+    """
+    from indexer.sync import Indexer
+    from search.evaluation import evaluate, read_captions
+
+    rows = read_captions(captions)
+    spec = ModelSpec.from_args(model, pretrained) if model or pretrained else None
+    collection = Collection.create_or_open(data_dir, spec)
+    indexer = Indexer(collection, device=device)
+    indexer.run([images])
+    figures = evaluate(collection, indexer.encoder, images, rows)
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    recalls = "  ".join(f"{key} {figures[key]:.3f}" for key in figures if key.startswith("recall"))
+    click.echo(
+        f"{figures['model']}: {recalls}  (median rank {figures['median_rank']}, "
+        f"{figures['captions']} captions over {figures['images']} images)"
+    )
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let pages of ORIGIN (https://shop.example) call the JSON API; '*' for any. Repeatable.",
+)
 @_common
-def serve(host: str, port: int, threads: int, data_dir: Path, device: str) -> None:
+def serve(
+    host: str, port: int, threads: int, cors_origins: tuple[str, ...], data_dir: Path, device: str
+) -> None:
     """Serve the search page and the JSON API on a production WSGI server (waitress)."""
     from waitress import create_server
 
     from web import create_app
 
-    app = create_app({"DATA_DIR": data_dir, "DEVICE": device})
+    app = create_app({"DATA_DIR": data_dir, "DEVICE": device, "CORS_ORIGINS": list(cors_origins)})
     server = create_server(app, host=host, port=port, threads=threads)
     log.info("serving %s on http://%s:%s/", data_dir, host, server.effective_port)
     server.run()

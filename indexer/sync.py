@@ -172,7 +172,7 @@ class _Run:
                 self.generation != first_generation
                 or not collection.vectors_path(self.generation).exists()
             ):
-                collection.save_vectors(self.vectors, self.generation)
+                self.vectors = collection.save_vectors(self.vectors, self.generation)
             self.summary.seconds = time.perf_counter() - started
         return self.summary
 

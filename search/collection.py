@@ -77,8 +77,10 @@ class Collection:
         )
         return collection
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, vectors: VectorIndex | None = None) -> dict[str, Any]:
         """What `clipsearch stats` and /api/stats show; needs no model, so it works offline."""
+        if vectors is None:
+            vectors, _ = self.load_vectors()
         with self.catalog.sessions() as session:
             failures = [
                 {"path": f.path, "root": f.root.path, "reason": f.reason}
@@ -90,7 +92,7 @@ class Collection:
             "failed": counts["failed"],
             "model": self.spec.name,
             "embed_dim": self.spec.embed_dim,
-            "index": {"type": "flat (exact inner product)", "vectors": counts["images"]},
+            "index": {"type": vectors.kind, "vectors": len(vectors)},
             "failures": failures,
         }
 
@@ -116,11 +118,16 @@ class Collection:
         generation, ids, vectors = self.catalog.snapshot_vectors()
         return VectorIndex.build(self.spec.embed_dim, ids, vectors), generation
 
-    def save_vectors(self, index: VectorIndex, generation: int) -> None:
+    def save_vectors(self, index: VectorIndex, generation: int) -> VectorIndex:
+        """Save, first rebuilding the index if the collection has outgrown its type; returns
+        the index saved."""
+        if index.wants_rebuild():
+            index = index.rebuilt()
         index.save(self.vectors_path(generation))
         for old in self.root.glob("vectors-*.faiss"):
             if old != self.vectors_path(generation):
                 old.unlink(missing_ok=True)
+        return index
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:

@@ -3,8 +3,11 @@ scored catalog rows."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 import time
+from collections.abc import Collection as Set
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,25 +18,40 @@ from sqlalchemy import select
 from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import BadRequest, NotFound
-from search.filters import Filters
+from search.filters import Filters, facets
 from search.imaging import decode
+from search.syntax import parse_query
 
 if TYPE_CHECKING:
     from search.model import Encoder
+    from search.vectors import VectorIndex
+
+log = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_QUERY_CHARS = 1000
 MAX_TERMS = 16
+DUPLICATE_COSINE = 0.95  # resized, recompressed or burst copies of one photo score above this
+MAX_COLLAPSE_DEPTH = 2000  # offset + k with collapse: the pairwise check grows quadratically
 
 
 @dataclass(frozen=True)
 class Term:
     """One part of a query: its kind, its value and its weight (negative terms subtract)."""
 
-    kind: Literal["text", "image_id", "image_bytes"]
-    value: str | int | bytes
+    kind: Literal["text", "image_id", "image_bytes", "vector"]
+    value: str | int | bytes | tuple[float, ...]
     weight: float = 1.0
+
+
+def terms_from_query(query: str) -> tuple[list[Term], list[Term]]:
+    """The positive and negative text terms of the query syntax (`cat + 2:grass - dog`)."""
+    positive: list[Term] = []
+    negative: list[Term] = []
+    for part in parse_query(query):
+        (negative if part.negative else positive).append(Term("text", part.text, part.weight))
+    return positive, negative
 
 
 @dataclass
@@ -82,7 +100,8 @@ class SearchEngine:
         self.collection = collection
         self.encoder = encoder
         self._lock = threading.Lock()
-        self._vectors, self._generation = collection.load_vectors()
+        self._vectors, self._generation = self._load()
+        self._facets: tuple[int, dict[str, Any]] | None = None
 
     @property
     def size(self) -> int:
@@ -102,11 +121,21 @@ class SearchEngine:
                 self.collection.writer_active()
             ):
                 return
-            self._vectors, self._generation = self.collection.load_vectors()
+            self._vectors, self._generation = self._load()
+
+    def _load(self) -> tuple[VectorIndex, int]:
+        vectors, generation = self.collection.load_vectors()
+        if self.encoder.device.type == "cuda" and vectors.use_gpu():
+            log.info("searching %d vectors on the GPU", len(vectors))
+        return vectors, generation
+
+    @property
+    def vectors(self) -> VectorIndex:
+        return self._vectors
 
     def query_vector(self, positive: Sequence[Term], negative: Sequence[Term] = ()) -> np.ndarray:
         if not positive:
-            raise BadRequest("give a query: text, an image id or an image")
+            raise BadRequest("give a query: text, an image id, an image or an embedding")
         if len(positive) + len(negative) > MAX_TERMS:
             raise BadRequest(f"at most {MAX_TERMS} query terms")
         total = np.zeros(self.encoder.dim, dtype=np.float32)
@@ -128,9 +157,21 @@ class SearchEngine:
             return self.encoder.encode_texts([text])[0]
         if term.kind == "image_id":
             return self.image(int(term.value)).vector
+        if term.kind == "vector":
+            return self._raw_vector(term.value)
         assert isinstance(term.value, bytes)
         picture = decode(term.value, min_side=self.encoder.decode_min_side)
         return self.encoder.encode_images([picture.image])[0]
+
+    def _raw_vector(self, value: object) -> np.ndarray:
+        """A caller's own embedding (from this collection's model), normalised like ours."""
+        vector = np.asarray(value, dtype=np.float32)
+        if vector.shape != (self.encoder.dim,):
+            raise BadRequest(f"an embedding must be a list of {self.encoder.dim} numbers")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm < 1e-6:
+            raise BadRequest("an embedding must be finite and not all zeros")
+        return vector / norm
 
     def query(
         self,
@@ -140,10 +181,15 @@ class SearchEngine:
         offset: int = 0,
         min_score: float | None = None,
         filters: Filters | None = None,
+        include_query: bool = False,
+        collapse: float | None = None,
     ) -> Page:
-        """Embed the terms and search; took_ms covers both, as a caller experiences it."""
+        """Embed the terms and search; took_ms covers both, as a caller experiences it. The
+        images the query is made of are left out of the results unless `include_query`."""
         started = time.perf_counter()
-        page = self.search(self.query_vector(positive, negative), k, offset, min_score, filters)
+        vector = self.query_vector(positive, negative)
+        exclude = set() if include_query else self._query_images([*positive, *negative])
+        page = self.search(vector, k, offset, min_score, filters, exclude, collapse)
         page.took_ms = (time.perf_counter() - started) * 1000
         return page
 
@@ -154,23 +200,63 @@ class SearchEngine:
         offset: int = 0,
         min_score: float | None = None,
         filters: Filters | None = None,
+        exclude: Set[int] = frozenset(),
+        collapse: float | None = None,
     ) -> Page:
+        """One page of the ranking. Pages are slices of one ranking: page 1 and page 2 of k
+        together are the top 2k, also with filters, exclusions and collapsed duplicates.
+        `collapse` keeps only the best of the hits whose cosine with it is at least that."""
         started = time.perf_counter()
         if not 1 <= k <= MAX_K:
             raise BadRequest(f"k must be between 1 and {MAX_K}")
         if not 0 <= offset <= MAX_OFFSET:
             raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}")
+        wanted = offset + k
+        if collapse is not None and wanted > MAX_COLLAPSE_DEPTH:
+            raise BadRequest(f"with collapse, offset + k must be at most {MAX_COLLAPSE_DEPTH}")
         self.refresh()
+        vectors = self._vectors
         allowed = self._matching_ids(filters) if filters else None
-        scores, ids = self._vectors.search(vector, offset + k, allowed)
-        ranked = [
-            (int(i), float(s))
-            for s, i in zip(scores[offset:], ids[offset:], strict=True)
-            if min_score is None or s >= min_score
+        fetch = wanted + len(exclude)
+        while True:
+            scores, ids = vectors.search(vector, fetch, allowed)
+            records = self._records([int(i) for i in ids])
+            hits = [
+                Hit(records[i], float(s))
+                for s, i in zip(scores, ids.tolist(), strict=True)
+                if i in records and i not in exclude and (min_score is None or s >= min_score)
+            ]
+            if collapse is not None:
+                hits = _distinct(hits, collapse)
+            exhausted = len(ids) < fetch or (min_score is not None and scores[-1] < min_score)
+            if len(hits) >= wanted or exhausted:
+                break
+            fetch *= 2  # only collapsed duplicates can leave a page short
+        return Page(hits[offset:wanted], k, offset, (time.perf_counter() - started) * 1000)
+
+    def _query_images(self, terms: Sequence[Term]) -> set[int]:
+        """Ids of the indexed images a query uses: by id, or uploaded with identical bytes."""
+        ids = {int(term.value) for term in terms if term.kind == "image_id"}
+        digests = [
+            hashlib.sha256(term.value).hexdigest()
+            for term in terms
+            if term.kind == "image_bytes" and isinstance(term.value, bytes)
         ]
-        records = self._records([i for i, _ in ranked])
-        hits = [Hit(records[i], s) for i, s in ranked if i in records]
-        return Page(hits, k, offset, (time.perf_counter() - started) * 1000)
+        if digests:
+            with self.collection.catalog.sessions() as session:
+                ids.update(
+                    session.scalars(select(ImageRecord.id).where(ImageRecord.sha256.in_(digests)))
+                )
+        return ids
+
+    def facets(self) -> dict[str, Any]:
+        """The filter choices, computed once per catalog generation."""
+        generation = self.collection.catalog.generation()
+        cached = self._facets
+        if cached is None or cached[0] != generation:
+            with self.collection.catalog.sessions() as session:
+                cached = self._facets = (generation, facets(session))
+        return cached[1]
 
     def image(self, image_id: int) -> ImageRecord:
         with self.collection.catalog.sessions() as session:
@@ -187,6 +273,20 @@ class SearchEngine:
             return {row.id: row for row in rows}
 
     def _matching_ids(self, filters: Filters) -> np.ndarray:
+        """The ids a filter allows, for FAISS's ID selector."""
         with self.collection.catalog.sessions() as session:
             ids = session.scalars(select(ImageRecord.id).where(filters.where())).all()
         return np.asarray(ids, dtype=np.int64)
+
+
+def _distinct(hits: list[Hit], threshold: float) -> list[Hit]:
+    """Drop each hit that is a near-duplicate of a better-ranked one kept."""
+    if not hits:
+        return hits
+    vectors = np.stack([hit.record.vector for hit in hits])
+    similar = (vectors @ vectors.T) >= threshold
+    kept: list[int] = []
+    for i in range(len(hits)):
+        if not similar[i, kept].any():
+            kept.append(i)
+    return [hits[i] for i in kept]

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Float, String, and_, cast, func
+from sqlalchemy import Float, String, and_, cast, func, select, text
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from search.catalog import ImageRecord
@@ -134,3 +135,51 @@ def _date(values: Mapping[str, Any], key: str) -> date | None:
         return datetime.fromisoformat(text).date()
     except ValueError:
         raise BadRequest(f"{key}: expected an ISO date like 2024-05-31, got {text!r}") from None
+
+
+FACET_VALUES = 50  # an attribute with more distinct values is free text (a title, a URL)
+
+
+def facets(session: Session) -> dict[str, Any]:
+    """What the filters can choose from: top-level folders, extensions, the date range, and
+    each catalog attribute as a list of values or a numeric range."""
+    first = func.substr(ImageRecord.path, 1, func.instr(ImageRecord.path, "/") - 1)
+    folders = session.scalars(
+        select(first).where(func.instr(ImageRecord.path, "/") > 0).distinct().order_by(first)
+    ).all()
+    extensions = session.scalars(select(ImageRecord.ext).distinct().order_by(ImageRecord.ext))
+    oldest, newest = session.execute(
+        select(func.min(ImageRecord.taken_at), func.max(ImageRecord.taken_at))
+    ).one()
+    pairs = session.execute(
+        text(
+            "SELECT DISTINCT j.key, j.value FROM images, json_each(images.attributes) AS j "
+            "WHERE j.type IN ('text', 'integer', 'real') LIMIT 100000"
+        )
+    ).all()
+    values: dict[str, set[Any]] = {}
+    for key, value in pairs:
+        if _ATTR.match(f"attr_{key}"):
+            values.setdefault(key, set()).add(value)
+    attributes: dict[str, Any] = {}
+    for key, seen in sorted(values.items()):
+        numbers = [_number(value) for value in seen]
+        if all(number is not None for number in numbers):
+            attributes[key] = {"min": min(numbers), "max": max(numbers)}
+        elif len(seen) <= FACET_VALUES:
+            attributes[key] = {"values": sorted(map(str, seen))}
+    return {
+        "folders": list(folders[:500]),
+        "extensions": list(extensions),
+        "date_from": oldest.date().isoformat() if oldest else None,
+        "date_to": newest.date().isoformat() if newest else None,
+        "attributes": attributes,
+    }
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

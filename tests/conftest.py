@@ -4,6 +4,7 @@ real server. Nothing here needs the network, ../shared or a GPU."""
 from __future__ import annotations
 
 import os
+import random
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip/huggingface_hub are imported
 
@@ -45,6 +46,27 @@ def copy_samples(folder: Path) -> Path:
         if image.suffix in (".jpg", ".png"):
             shutil.copy2(image, folder / image.name)
     return folder
+
+
+def draw_photos(folder: Path, count: int, seed: int) -> list[Path]:
+    """`count` distinct small pictures: random coloured shapes on a random background."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(count):
+        image = Image.new("RGB", (96, 72), tuple(rng.randrange(256) for _ in range(3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x, y = rng.randrange(80), rng.randrange(56)
+            box = (x, y, x + rng.randrange(8, 48), y + rng.randrange(8, 40))
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+        path = folder / f"{folder.name}-{number:03d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
 
 
 @pytest.fixture

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
+from indexer.sync import Indexer
 from search.collection import Collection
-from tests.conftest import SAMPLES
+from search.engine import SearchEngine
+from search.model import Encoder
+from tests.conftest import SAMPLES, copy_samples
+from web import create_app
 
 
 def get(server: str, path: str, **params: object) -> requests.Response:
@@ -34,24 +41,33 @@ def test_search_get_has_the_spec_shape(server: str) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
-def test_post_image_id_returns_that_image_first(server: str) -> None:
+def test_post_image_id_leaves_that_image_out_unless_asked(server: str) -> None:
     target = get(server, "/api/search", q="sky", k=3).json()["results"][2]["id"]
     body = requests.post(f"{server}/api/search", json={"image_id": target, "k": 3}, timeout=30)
-    first = body.json()["results"][0]
+    assert target not in [r["id"] for r in body.json()["results"]]
+    asked = {"image_id": target, "k": 3, "include_query": True}
+    first = requests.post(f"{server}/api/search", json=asked, timeout=30).json()["results"][0]
     assert first["id"] == target and first["score"] >= 0.99
 
 
 def test_post_uploaded_image_json_and_multipart(server: str) -> None:
+    """An upload of an indexed file's exact bytes is the query's own image: left out unless
+    asked for."""
     data = (SAMPLES / "red-house.jpg").read_bytes()
+    b64 = base64.b64encode(data).decode()
     as_json = requests.post(
-        f"{server}/api/search",
-        json={"image_b64": base64.b64encode(data).decode(), "k": 1},
-        timeout=30,
+        f"{server}/api/search", json={"image_b64": b64, "k": 1, "include_query": True}, timeout=30
     ).json()
     multipart = requests.post(
-        f"{server}/api/search", files={"image": ("x.jpg", data)}, data={"k": "1"}, timeout=30
+        f"{server}/api/search",
+        files={"image": ("x.jpg", data)},
+        data={"k": "1", "include_query": "true"},
+        timeout=30,
     ).json()
     assert as_json["results"][0]["path"] == multipart["results"][0]["path"] == "red-house.jpg"
+    assert as_json["results"][0]["score"] > 0.999
+    left_out = requests.post(f"{server}/api/search", json={"image_b64": b64}, timeout=30).json()
+    assert "red-house.jpg" not in [r["path"] for r in left_out["results"]]
 
 
 def test_post_positive_negative_and_filters(server: str) -> None:
@@ -103,6 +119,14 @@ def test_images_thumbs_metadata_stats_health(server: str, indexed: Collection) -
         ("/images/999999", {}, 404),
         ("/images/-1", {}, 404),
         ("/images/..%2f..%2fetc%2fpasswd", {}, 404),
+        ("/thumbs/..%2f..%2fetc%2fpasswd", {}, 404),
+        ("/static/..%2f..", {}, 404),
+        ("/static/..%2f..%2f..%2fsetup.cfg", {}, 404),
+        ("/static/%2e%2e/__init__.py", {}, 404),
+        ("/api/search", {"q": "x" * 100_000}, 400),
+        ("/api/search", {"q": "dog", "collapse": "maybe"}, 400),
+        ("/api/search", {"q": "dog", "include_query": "2"}, 400),
+        ("/api/search", {"q": "2000:dog"}, 400),
         ("/thumbs/abc", {}, 404),
     ],
 )
@@ -129,6 +153,10 @@ def test_bad_post_bodies(server: str) -> None:
     assert [r.status_code for r in cases] == [400] * len(cases)
     too_big = requests.post(url, files={"image": ("big.jpg", b"0" * (17 * 1024 * 1024))})
     assert too_big.status_code == 413 and "error" in too_big.json()
+    huge = requests.post(
+        url, data=b"{" * (64 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    )
+    assert huge.status_code == 413 and "error" in huge.json()
 
 
 def test_page_escapes_the_query_and_shows_results(server: str) -> None:
@@ -138,3 +166,67 @@ def test_page_escapes_the_query_and_shows_results(server: str) -> None:
     assert "&lt;script&gt;" in page.text
     assert page.text.count('src="/thumbs/') == 12
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_many_concurrent_clients_get_no_errors(server: str) -> None:
+    """640 API requests from 32 clients at once: texts, ids, filters and pages, all answered."""
+    words = ["sky", "a red apple", "boat at sea", "city", "tree", "night"]
+
+    def client(number: int) -> list[int]:
+        statuses = []
+        with requests.Session() as session:
+            for i in range(20):
+                params = {"q": words[(number + i) % len(words)], "k": 5, "offset": i % 3}
+                if i % 4 == 1:
+                    params["ext"] = "jpg"
+                if i % 5 == 2:
+                    params = {"image_id": 1 + (number + i) % 12, "k": 3}
+                statuses.append(
+                    session.get(f"{server}/api/search", params=params, timeout=120).status_code
+                )
+        return statuses
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = [status for result in pool.map(client, range(32)) for status in result]
+    assert len(statuses) == 640 and set(statuses) == {200}
+
+
+def test_openapi_facets_and_cors(server: str, indexed: Collection, encoder: Encoder) -> None:
+    spec = get(server, "/api/openapi.json").json()
+    assert spec["openapi"].startswith("3.") and "/api/search" in spec["paths"]
+    limits = spec["components"]["schemas"]["SearchRequest"]["properties"]["k"]
+    assert limits["maximum"] == 1000
+    facets = get(server, "/api/facets").json()
+    assert facets["extensions"] == ["jpg", "png"] and facets["date_from"]
+    assert "Access-Control-Allow-Origin" not in get(server, "/api/stats").headers
+
+    engine = SearchEngine(indexed, encoder)
+    shop = create_app({"CORS_ORIGINS": ["https://shop.example"]}, engine).test_client()
+    preflight = shop.options(
+        "/api/search",
+        headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    other = shop.get("/api/stats", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_catalog_attributes_become_facets(tmp_path: Path, encoder: Encoder) -> None:
+    copy_samples(tmp_path / "shop")
+    rows = [
+        {
+            "image": name,
+            "title": f"item {i}",
+            "price": 10 * i,
+            "category": "red" if i % 2 else "blue",
+        }
+        for i, name in enumerate(sorted(p.name for p in (tmp_path / "shop").iterdir()))
+    ]
+    catalog = tmp_path / "shop" / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
+    facets = SearchEngine(collection, encoder).facets()
+    assert facets["attributes"]["price"] == {"min": 0, "max": 110}
+    assert facets["attributes"]["category"] == {"values": ["blue", "red"]}
+    assert "title" in facets["attributes"]  # 12 distinct titles: still few enough to list

@@ -27,7 +27,15 @@ def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
     first_id = found["results"][0]["id"]
 
     like = json.loads(run_cli("search", "--like", str(first_id), *data, "--json").stdout)
-    assert like["results"][0]["id"] == first_id and like["results"][0]["score"] >= 0.99
+    assert first_id not in [r["id"] for r in like["results"]]
+    args = ("search", "--like", str(first_id), "--include-query", *data, "--json")
+    itself = json.loads(run_cli(*args).stdout)
+    assert itself["results"][0]["id"] == first_id and itself["results"][0]["score"] >= 0.99
+
+    syntax = json.loads(
+        run_cli("search", "apple + 2:sky - boat", "-k", "3", *data, "--json").stdout
+    )
+    assert syntax["count"] == 3
 
     stats = json.loads(run_cli("stats", "--json", *data).stdout)
     assert stats["images"] == 12 and stats["index"]["vectors"] == 12

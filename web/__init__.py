@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app, jsonify, request
+from flask_cors import CORS
 from werkzeug.exceptions import HTTPException
 
 from search.collection import Collection, default_data_dir
@@ -20,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "DEVICE": "auto",
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # uploads; larger bodies get 413
     "THUMBNAIL_MAX_AGE": 24 * 3600,
+    "CORS_ORIGINS": [],  # origins whose pages may call /api/*, e.g. a shop's front end; "*": any
 }
 
 
@@ -39,6 +41,8 @@ def create_app(
     from web.files import files
     from web.pages import pages
 
+    if origins := app.config["CORS_ORIGINS"]:
+        CORS(app, resources={r"/api/*": {"origins": origins}})
     app.register_blueprint(pages)
     app.register_blueprint(files)
     app.register_blueprint(api)

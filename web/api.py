@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 
 from web import get_engine
+from web.openapi import document
 from web.params import parse_search
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -40,7 +42,20 @@ def image(image_id: int) -> Any:
 @api.get("/stats")
 def stats() -> Any:
     engine = get_engine()
-    data = engine.collection.stats()
-    data["index"]["vectors"] = engine.size
+    data = engine.collection.stats(engine.vectors)
     data.pop("failures")  # paths on the server's disk are not the API's business
     return jsonify(data)
+
+
+@api.get("/facets")
+def facets() -> Any:
+    return jsonify(get_engine().facets())
+
+
+@api.get("/openapi.json")
+def openapi() -> Any:
+    try:
+        release = version("clipsearch")
+    except PackageNotFoundError:
+        release = "dev"
+    return jsonify(document(release))

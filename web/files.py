@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def thumbnail(image_id: int) -> Any:
         except (ImageError, OSError) as exc:
             raise NotFound(f"no thumbnail for image {image_id}: {exc}") from None
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, cache)
     return send_file(

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from search.errors import ClipsearchError
+from search.errors import ClipsearchError, NotFound
 from web import get_engine
 from web.params import parse_search
 
@@ -17,11 +17,13 @@ pages = Blueprint("pages", __name__)
 def index() -> Any:
     engine = get_engine()
     page = error = None
+    status = 200
     if request.args.get("q") or request.args.get("image_id"):
         try:
             page = engine.query(**vars(parse_search(request)))
         except ClipsearchError as exc:
             error = str(exc)
+            status = 404 if isinstance(exc, NotFound) else 400
     html = render_template(
         "index.html",
         query=request.args.get("q", ""),
@@ -31,7 +33,7 @@ def index() -> Any:
         size=engine.size,
         model=engine.collection.spec.name,
     )
-    return html, 400 if error else 200
+    return html, status
 
 
 @pages.get("/healthz")

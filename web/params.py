@@ -10,11 +10,15 @@ from typing import Any
 
 from flask import Request
 
-from search.engine import MAX_K, MAX_OFFSET, Term
+from search.engine import DUPLICATE_COSINE, MAX_K, MAX_OFFSET, Term, terms_from_query
 from search.errors import BadRequest
 from search.filters import Filters, finite_number
 
 DEFAULT_K = 20
+TERM_KINDS = ("text", "image_id", "image_b64", "embedding")
+MAX_EMBEDDING_DIM = 4096
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass
@@ -25,6 +29,8 @@ class SearchRequest:
     offset: int = 0
     min_score: float | None = None
     filters: Filters = field(default_factory=Filters)
+    include_query: bool = False
+    collapse: float | None = None
 
 
 def parse_search(request: Request) -> SearchRequest:
@@ -51,20 +57,27 @@ def _from_fields(
     values: Mapping[str, Any], filters: Mapping[str, Any], require_query: bool = True
 ) -> SearchRequest:
     positive = _terms(values, "positive")
-    for key, kind in (("q", "text"), ("text", "text"), ("image_id", "image_id")):
-        if values.get(key) not in (None, ""):
-            positive.append(_term(kind, values[key], key))
-    if values.get("image_b64") not in (None, ""):
-        positive.append(_term("image_b64", values["image_b64"], "image_b64"))
+    negative = _terms(values, "negative")
+    if values.get("q") not in (None, ""):
+        if not isinstance(values["q"], str):
+            raise BadRequest("q must be a string")
+        more, less = terms_from_query(values["q"])
+        positive += more
+        negative += less
+    for kind in TERM_KINDS:
+        if values.get(kind) not in (None, ""):
+            positive.append(_term(kind, values[kind], kind))
     if require_query and not positive:
-        raise BadRequest("give a query: q, text, image_id or image_b64")
+        raise BadRequest("give a query: q, text, image_id, image_b64 or embedding")
     return SearchRequest(
         positive,
-        _terms(values, "negative"),
+        negative,
         _int(values, "k", DEFAULT_K, 1, MAX_K),
         _int(values, "offset", 0, 0, MAX_OFFSET),
         _float(values, "min_score"),
         Filters.parse(filters),
+        _bool(values, "include_query"),
+        _collapse(values),
     )
 
 
@@ -80,9 +93,9 @@ def _terms(values: Mapping[str, Any], key: str) -> list[Term]:
             terms.append(_term("text", item, key))
         elif isinstance(item, dict):
             weight = _float(item, "weight")
-            kinds = [kind for kind in ("text", "image_id", "image_b64") if kind in item]
+            kinds = [kind for kind in TERM_KINDS if kind in item]
             if len(kinds) != 1:
-                raise BadRequest(f"each {key} item needs one of text, image_id, image_b64")
+                raise BadRequest(f"each {key} item needs one of {', '.join(TERM_KINDS)}")
             term = _term(kinds[0], item[kinds[0]], key)
             terms.append(Term(term.kind, term.value, 1.0 if weight is None else weight))
         else:
@@ -97,6 +110,10 @@ def _term(kind: str, value: Any, key: str) -> Term:
         return Term("text", value)
     if kind == "image_id":
         return Term("image_id", _int({key: value}, key, 0, 1, 2**62))
+    if kind == "embedding":
+        if not isinstance(value, list) or len(value) > MAX_EMBEDDING_DIM:
+            raise BadRequest(f"{key}: an embedding must be a list of numbers")
+        return Term("vector", tuple(finite_number(key, number) for number in value))
     if not isinstance(value, str):
         raise BadRequest(f"{key}: image_b64 must be a base64 string")
     try:
@@ -124,3 +141,32 @@ def _int(values: Mapping[str, Any], key: str, default: int, low: int, high: int)
 def _float(values: Mapping[str, Any], key: str) -> float | None:
     raw = values.get(key)
     return None if raw is None or raw == "" else finite_number(key, raw)
+
+
+def _bool(values: Mapping[str, Any], key: str) -> bool:
+    raw = values.get(key)
+    if raw is None or raw == "" or isinstance(raw, bool):
+        return bool(raw)
+    if isinstance(raw, str) and raw.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return raw.lower() in ("1", "true", "yes", "on")
+    raise BadRequest(f"{key} must be true or false")
+
+
+def _collapse(values: Mapping[str, Any]) -> float | None:
+    """`collapse`: true for the default near-duplicate cosine, or a cosine of one's own."""
+    raw = values.get("collapse")
+    if isinstance(raw, bool) or (isinstance(raw, str) and raw.lower() in _TRUE | _FALSE):
+        return DUPLICATE_COSINE if _bool(values, "collapse") else None
+    threshold = _float(values, "collapse")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise BadRequest("collapse must be true, false or a cosine above 0 and at most 1")
+    return threshold

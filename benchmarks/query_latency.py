@@ -1,0 +1,146 @@
+"""Search latency and recall at collection sizes a laptop cannot index in a test: exact (flat)
+against the ANN index clipsearch picks, on synthetic embeddings with CLIP's structure.
+
+    python benchmarks/query_latency.py --n 200000 --json
+
+Prints one JSON object: {"n", "flat": {...}, "ann": {"index", "recall_at_10", "search_p50_ms",
+"search_p99_ms", "build_seconds", "memory_mb"}, "end_to_end_p50_ms"} and, when faiss sees a GPU,
+"gpu_flat" too. End to end is what a user waits for: ViT-B-32 text encoding (random weights cost
+what real ones do) + ANN search + the catalog fetch of one page of 20, through the same
+SearchEngine the server uses, over a real on-disk collection of n rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sqlalchemy import insert
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.clip_like import ClipLike
+from search.catalog import ImageRecord
+from search.collection import Collection
+from search.spec import ModelSpec
+from search.vectors import VectorIndex
+
+CAPTIONS = ["a dog running on grass", "two people at a market", "snow on a mountain", "red car"]
+
+
+def timings(index: VectorIndex, queries: np.ndarray, k: int = 10) -> tuple[dict, list]:
+    found, samples = [], []
+    for query in queries:
+        started = time.perf_counter()
+        _, ids = index.search(query, k)
+        samples.append((time.perf_counter() - started) * 1000)
+        found.append(ids)
+    return {
+        "search_p50_ms": round(float(np.percentile(samples, 50)), 3),
+        "search_p99_ms": round(float(np.percentile(samples, 99)), 3),
+    }, found
+
+
+def built(ids: np.ndarray, images: np.ndarray, ann: bool) -> tuple[VectorIndex, dict]:
+    started = time.perf_counter()
+    index = VectorIndex.build(images.shape[1], ids, images, ann=ann)
+    seconds = time.perf_counter() - started
+    size = faiss.serialize_index(index.index).nbytes
+    return index, {"build_seconds": round(seconds, 2), "memory_mb": round(size / 2**20, 1)}
+
+
+def catalog_rows(collection: Collection, ids: np.ndarray, images: np.ndarray) -> None:
+    """n catalog rows as the indexer writes them, embeddings included."""
+    now = datetime.now()
+    with collection.catalog.transaction() as session:
+        root = collection.catalog.root_for(session, "/benchmark")
+        for start in range(0, len(ids), 20_000):
+            session.execute(
+                insert(ImageRecord),
+                [
+                    {
+                        "id": int(image_id),
+                        "root_id": root.id,
+                        "path": f"{image_id // 1000:04d}/{image_id}.jpg",
+                        "size": 100_000,
+                        "mtime_ns": 0,
+                        "sha256": f"{image_id:064x}",
+                        "width": 640,
+                        "height": 480,
+                        "ext": "jpg",
+                        "taken_at": now,
+                        "attributes": {},
+                        "embedding": images[row].tobytes(),
+                    }
+                    for row, image_id in enumerate(ids[start : start + 20_000], start)
+                ],
+            )
+        collection.catalog.bump_generation(session)
+
+
+def end_to_end(ids: np.ndarray, images: np.ndarray, ann: VectorIndex, device: str) -> float:
+    from search.engine import SearchEngine, Term
+    from search.model import Encoder
+
+    with tempfile.TemporaryDirectory() as folder:
+        spec = ModelSpec.from_args("ViT-B-32", "none")
+        collection = Collection.create_or_open(Path(folder), spec)
+        catalog_rows(collection, ids, images)
+        ann.save(collection.vectors_path(collection.catalog.generation()))
+        engine = SearchEngine(collection, Encoder(spec, device))
+        samples = []
+        for i in range(40):
+            started = time.perf_counter()
+            page = engine.query([Term("text", f"{CAPTIONS[i % 4]} {i}")], k=20)
+            samples.append((time.perf_counter() - started) * 1000)
+            assert page.hits, "the end-to-end query found nothing"
+        return round(float(np.percentile(samples[5:], 50)), 2)  # after warm-up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--device", default="cpu", help="for the end-to-end text encoder")
+    parser.add_argument("--no-end-to-end", action="store_true", help="skip the model")
+    parser.add_argument("--json", action="store_true", help="only the JSON object on stdout")
+    args = parser.parse_args()
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+
+    clip = ClipLike()
+    images = clip.images(args.n)
+    ids = np.arange(1, args.n + 1, dtype=np.int64)
+    queries = clip.texts_for(images[clip.rng.integers(0, args.n, args.queries)])
+    say(f"{args.n} CLIP-like vectors, {args.queries} text queries")
+
+    flat, flat_figures = built(ids, images, ann=False)
+    speed, exact = timings(flat, queries)
+    flat_figures.update(speed)
+    say("flat", flat_figures)
+
+    ann, build_figures = built(ids, images, ann=True)
+    speed, found = timings(ann, queries)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact, strict=True)])
+    ann_figures = {"index": ann.kind, "recall_at_10": round(float(recall), 4), **speed}
+    ann_figures.update(build_figures)
+    say("ann", ann_figures)
+    del flat
+
+    result: dict = {"n": args.n, "flat": flat_figures, "ann": ann_figures}
+    if ann.use_gpu():
+        result["gpu_flat"] = timings(ann, queries)[0]
+        say("gpu flat", result["gpu_flat"])
+    if not args.no_end_to_end:
+        result["end_to_end_p50_ms"] = end_to_end(ids, images, ann, args.device)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The search page in a real Chromium (Debian's, driven by Playwright) against a real server:
+what a person does with it, and that nothing breaks while they do."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+if not CHROMIUM.exists():
+    if os.environ.get("CLIPSEARCH_REQUIRE_BROWSER"):
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    pytest.skip(f"no {CHROMIUM}; apt-get install -y chromium", allow_module_level=True)
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: str, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh page that fails the test on any script error or failed request (an HTTP error
+    too, unless the test is marked `http_errors`)."""
+    context = browser.new_context(base_url=server)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: message.type == "error" and problems.append(f"console: {message.text}"),
+    )
+    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    yield page
+    context.close()
+    if request.node.get_closest_marker("http_errors"):
+        problems = [p for p in problems if "server responded with a status of 4" not in p]
+    assert not problems
+
+
+LOADED = "[...document.querySelectorAll('#results img')].filter(i => i.naturalWidth > 0).length"
+
+
+def wait_until(page: Page, expression: str, timeout: float = 20) -> None:
+    """Poll an expression. Playwright's wait_for_function evaluates strings with eval(), which
+    the app's Content-Security-Policy forbids, as it should."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        page.wait_for_timeout(50)
+
+
+def test_typing_a_query_shows_loaded_thumbnails(page: Page) -> None:
+    page.goto("/")
+    page.locator("#q").press_sequentially("a red apple", delay=40)
+    wait_until(page, f"{LOADED} >= 5")
+    assert re.search(r"[?&]q=a\+red\+apple", page.url)
+    expect(page.locator("#status")).to_contain_text("Results: 12 in")
+    scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_lightbox_and_more_like_this(page: Page) -> None:
+    page.goto("/?q=boat")
+    first = page.locator("#results li a[data-index]").first
+    first.wait_for()
+    first.click()
+    dialog = page.locator("#lightbox")
+    expect(dialog).to_be_visible()
+    wait_until(page, "document.getElementById('lightbox-image').naturalWidth > 0")
+    expect(page.locator("#lightbox-meta")).to_contain_text("path")
+    title = page.locator("#lightbox-title").inner_text()
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#lightbox-title")).not_to_have_text(title)
+    page.locator("#lightbox-like").click()
+    expect(dialog).to_be_hidden()
+    expect(page).to_have_url(re.compile(r"image_id=\d+"))
+    like_id = re.search(r"image_id=(\d+)", page.url).group(1)
+    expect(page.locator("#status")).to_contain_text(f"More like image {like_id}")
+    hrefs = page.locator("#results li a[data-index]").evaluate_all("a => a.map(x => x.href)")
+    assert len(hrefs) == 11 and not any(h.endswith(f"/images/{like_id}") for h in hrefs)
+    page.keyboard.press("Escape")
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"q=boat"))
+
+
+def test_search_by_uploaded_image(page: Page) -> None:
+    page.goto("/")
+    page.locator("#upload").set_input_files(SAMPLES / "red-house.jpg")
+    expect(page.locator("#status")).to_contain_text("Images like red-house.jpg")
+    wait_until(page, f"{LOADED} >= 5")
+    alts = page.locator("#results img").evaluate_all("images => images.map(i => i.alt)")
+    assert "red-house.jpg" not in alts  # the image searched by is left out
+
+
+def test_filters_narrow_the_results(page: Page) -> None:
+    page.goto("/?q=sky")
+    page.locator("#results img").first.wait_for()
+    page.locator("#filters summary").click()
+    page.locator("select[name=ext]").select_option("png")
+    expect(page).to_have_url(re.compile(r"ext=png"))
+    wait_until(
+        page, "[...document.querySelectorAll('#results img')].every(i => i.alt.endsWith('.png'))"
+    )
+    assert page.locator("#results img").count() == 4
+
+
+def test_query_text_is_never_markup(page: Page) -> None:
+    page.goto("/?q=%3Cimg%20src%3Dx%20onerror%3Dwindow.pwned%3D1%3E")
+    page.locator("#results img").first.wait_for()
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#q").input_value() == "<img src=x onerror=window.pwned=1>"
+
+
+@pytest.mark.http_errors
+def test_error_and_keyboard(page: Page) -> None:
+    page.goto("/?image_id=999999")
+    expect(page.locator("#status [role=alert]")).to_contain_text("no image with id 999999")
+    page.locator("body").click()
+    page.keyboard.press("/")
+    assert page.evaluate("document.activeElement.id") == "q"

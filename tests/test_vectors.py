@@ -1,0 +1,105 @@
+"""The FAISS index by size: the IVF index is measured against exact search on embeddings with
+CLIP's structure (text queries far from the image cloud), not assumed to be close enough."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.clip_like import ClipLike
+from search import vectors as vectors_module
+from search.vectors import ANN_THRESHOLD, VectorIndex
+
+DIM = 256
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, image vectors, text queries): ids are sparse, as catalog ids are after deletions."""
+    clip = ClipLike(DIM, seed=3)
+    images = clip.images(ANN_THRESHOLD + 5000)
+    queries = clip.texts_for(images[clip.rng.integers(0, len(images), 100)])
+    ids = np.arange(len(images), dtype=np.int64) * 3 + 7
+    return ids, images, queries
+
+
+@pytest.fixture(scope="module")
+def ann(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> VectorIndex:
+    ids, images, _ = data
+    return VectorIndex.build(DIM, ids, images)
+
+
+def exact(ids: np.ndarray, images: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    return ids[np.argsort(-(images @ query), kind="stable")[:k]]
+
+
+def test_the_index_type_follows_the_collection_size(data, ann: VectorIndex) -> None:
+    ids, images, _ = data
+    small = VectorIndex.build(DIM, ids[:1000], images[:1000])
+    assert small.ivf is None and not small.wants_rebuild()
+    assert ann.ivf is not None and ann.kind.startswith("IVF") and not ann.wants_rebuild()
+    small.add(ids[1000:], images[1000:])
+    assert small.wants_rebuild()
+    grown = small.rebuilt()
+    assert grown.ivf is not None and len(grown) == len(ids)
+    assert sorted(grown.ids()) == sorted(ids)
+
+
+def test_ann_recall_at_10_against_exact_text_queries(data, ann: VectorIndex) -> None:
+    ids, images, queries = data
+    recalls = []
+    for query in queries:
+        scores, found = ann.search(query, 10)
+        expected = exact(ids, images, query, 10)
+        recalls.append(len(set(found) & set(expected)) / 10)
+        np.testing.assert_allclose(scores, images[(found - 7) // 3] @ query, atol=1e-5)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_filters_on_the_ann_index_are_exact_and_complete(data, ann: VectorIndex) -> None:
+    ids, images, queries = data
+    rng = np.random.default_rng(1)
+    for size in (50, 3000):
+        rows = np.sort(rng.choice(len(ids), size, replace=False))
+        _, found = ann.search(queries[0], 100, allowed=ids[rows])
+        assert len(found) == min(100, size)
+        assert set(found) <= set(ids[rows])
+        expected = exact(ids[rows], images[rows], queries[0], 100)
+        assert len(set(found) & set(expected)) >= 0.95 * len(expected)
+
+
+def test_ann_pages_are_slices_of_one_ranking(data, ann: VectorIndex) -> None:
+    _, _, queries = data
+    for query in queries[:10]:
+        top = ann.search(query, 20)[1]
+        assert list(ann.search(query, 10)[1]) == list(top[:10])
+        assert len(ann.search(query, 5000)[1]) == 5000  # a deep page probes more lists
+
+
+def test_ann_add_remove_save_load(tmp_path: Path, data) -> None:
+    ids, images, _ = data
+    index = VectorIndex.build(DIM, ids, images)
+    index.remove(ids[:10])
+    index.add(np.array([1, 2]), images[:2])
+    path = tmp_path / "vectors.faiss"
+    index.save(path)
+    loaded = VectorIndex.load(path)
+    assert loaded.kind == index.kind
+    assert sorted(loaded.ids()) == sorted([1, 2, *ids[10:]])
+    assert loaded.search(images[0], 1)[1][0] == 1
+    _, vectors = loaded.contents()
+    assert vectors.shape == (len(ids) - 8, DIM)
+
+
+def test_shrinking_far_below_the_threshold_goes_back_to_flat(data) -> None:
+    ids, images, _ = data
+    index = VectorIndex.build(DIM, ids, images)
+    index.remove(ids[ANN_THRESHOLD // 4 :])
+    assert index.wants_rebuild() and index.rebuilt().ivf is None
+
+
+def test_list_count_grows_with_the_collection() -> None:
+    lists = [vectors_module.ideal_lists(n) for n in (25_000, 200_000, 1_000_000)]
+    assert lists == sorted(lists) and lists[0] >= 256 and lists[-1] <= 8192
