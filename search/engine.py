@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from sqlalchemy import select
 
+from search.batching import QueryEncoder
 from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import BadRequest, NotFound
@@ -99,6 +100,7 @@ class SearchEngine:
     def __init__(self, collection: Collection, encoder: Encoder) -> None:
         self.collection = collection
         self.encoder = encoder
+        self._queries = QueryEncoder(encoder)
         self._lock = threading.Lock()
         self._vectors, self._generation = self._load()
         self._facets: tuple[int, dict[str, Any]] | None = None
@@ -154,14 +156,14 @@ class SearchEngine:
                 raise BadRequest("empty query text")
             if len(text) > MAX_QUERY_CHARS:
                 raise BadRequest(f"query text is over {MAX_QUERY_CHARS} characters")
-            return self.encoder.encode_texts([text])[0]
+            return self._queries.text(text)
         if term.kind == "image_id":
             return self.image(int(term.value)).vector
         if term.kind == "vector":
             return self._raw_vector(term.value)
         assert isinstance(term.value, bytes)
         picture = decode(term.value, min_side=self.encoder.decode_min_side)
-        return self.encoder.encode_images([picture.image])[0]
+        return self._queries.image(picture.image)
 
     def _raw_vector(self, value: object) -> np.ndarray:
         """A caller's own embedding (from this collection's model), normalised like ours."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class VectorIndex:
         self.index = index
         self.dim = index.d
         self._gpu: tuple[faiss.StandardGpuResources, faiss.Index, np.ndarray] | None = None
+        self._gpu_lock = threading.Lock()
 
     @classmethod
     def flat(cls, dim: int) -> VectorIndex:
@@ -119,7 +121,8 @@ class VectorIndex:
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
         if allowed is None and self._gpu is not None and k <= GPU_MAX_K:
             _, gpu, ids = self._gpu
-            scores, positions = gpu.search(query, k)
+            with self._gpu_lock:  # faiss's GPU resources are not thread-safe
+                scores, positions = gpu.search(query, k)
             keep = positions[0] >= 0
             return scores[0][keep], ids[positions[0][keep]]
         sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))

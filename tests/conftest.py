@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from benchmarks.make_images import draw
 from indexer.sync import Indexer
 from search.collection import Collection
 from search.model import Encoder
@@ -50,21 +51,12 @@ def copy_samples(folder: Path) -> Path:
 
 def draw_photos(folder: Path, count: int, seed: int) -> list[Path]:
     """`count` distinct small pictures: random coloured shapes on a random background."""
-    from PIL import Image, ImageDraw
-
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for number in range(count):
-        image = Image.new("RGB", (96, 72), tuple(rng.randrange(256) for _ in range(3)))
-        draw = ImageDraw.Draw(image)
-        for _ in range(4):
-            x, y = rng.randrange(80), rng.randrange(56)
-            box = (x, y, x + rng.randrange(8, 48), y + rng.randrange(8, 40))
-            colour = tuple(rng.randrange(256) for _ in range(3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
         path = folder / f"{folder.name}-{number:03d}.jpg"
-        image.save(path, quality=90)
+        draw(rng, 96, 72, shapes=4).save(path, quality=90)
         paths.append(path)
     return paths
 

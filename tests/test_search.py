@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import select
 
+from search.batching import QueryEncoder
 from search.catalog import ImageRecord
 from search.collection import Collection
 from search.engine import SearchEngine, Term
@@ -120,3 +122,15 @@ def test_filters_keep_exact_results_and_never_return_fewer_than_exist(
     assert engine.search(query, k=100, filters=Filters.parse({"date_to": "1999-12-31"})).hits == []
     with pytest.raises(BadRequest, match="ISO date"):
         Filters.parse({"date_from": "notadate"})
+
+
+def test_concurrent_text_queries_share_batches_and_get_their_own_vectors(
+    encoder: Encoder,
+) -> None:
+    queries = QueryEncoder(encoder)
+    texts = [f"query number {i}" for i in range(48)]
+    with ThreadPoolExecutor(16) as pool:
+        vectors = list(pool.map(queries.text, texts))
+    expected = encoder.encode_texts(texts)
+    np.testing.assert_allclose(np.stack(vectors), expected, atol=1e-5)
+    assert queries.text("query number 3") is vectors[3]  # remembered, not encoded again

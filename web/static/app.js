@@ -233,7 +233,7 @@ async function openLightbox(index) {
     const response = await fetch(`/api/images/${hit.id}`);
     if (response.ok) {
       const details = await response.json();
-      rows.push(["taken", details.taken_at.replace("T", " ")], ["bytes", details.size.toLocaleString()]);
+      rows.push(["taken", details.taken_at.slice(0, 16).replace("T", " ")], ["bytes", details.size.toLocaleString()]);
     }
   } catch {
     // the metadata is a bonus; the image and the search result are shown regardless
