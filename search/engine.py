@@ -7,8 +7,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Collection as Set
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
