@@ -147,17 +147,8 @@ def _bool(values: Mapping[str, Any], key: str) -> bool:
     raw = values.get(key)
     if raw is None or raw == "" or isinstance(raw, bool):
         return bool(raw)
-    if isinstance(raw, str) and raw.lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-        "0",
-        "false",
-        "no",
-        "off",
-    ):
-        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+        return raw.lower() in _TRUE
     raise BadRequest(f"{key} must be true or false")
 
 
