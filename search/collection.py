@@ -78,21 +78,28 @@ class Collection:
         return collection
 
     def stats(self, vectors: VectorIndex | None = None) -> dict[str, Any]:
-        """What `clipsearch stats` and /api/stats show; needs no model, so it works offline."""
-        if vectors is None:
-            vectors, _ = self.load_vectors()
+        """What `clipsearch stats` and /api/stats show; needs no model, so it works offline.
+        Without the loaded `vectors`, it maps the saved index rather than load or rebuild it."""
+        counts = self.catalog.counts()
+        path = self.vectors_path(self.catalog.generation())
+        if vectors is None and path.exists():
+            vectors = VectorIndex.mapped(path)
+        index = (
+            {"type": vectors.kind, "vectors": len(vectors)}
+            if vectors is not None
+            else {"type": "not saved yet (the next search builds it)", "vectors": counts["images"]}
+        )
         with self.catalog.sessions() as session:
             failures = [
                 {"path": f.path, "root": f.root.path, "reason": f.reason}
                 for f in session.scalars(select(Failure).order_by(Failure.root_id, Failure.path))
             ]
-        counts = self.catalog.counts()
         return {
             "images": counts["images"],
             "failed": counts["failed"],
             "model": self.spec.name,
             "embed_dim": self.spec.embed_dim,
-            "index": {"type": vectors.kind, "vectors": len(vectors)},
+            "index": index,
             "failures": failures,
         }
 

@@ -221,19 +221,21 @@ class SearchEngine:
         fetch = wanted + len(exclude)
         while True:
             scores, ids = vectors.search(vector, fetch, allowed)
-            records = self._records([int(i) for i in ids])
-            hits = [
-                Hit(records[i], float(s))
-                for s, i in zip(scores, ids.tolist(), strict=True)
-                if i in records and i not in exclude and (min_score is None or s >= min_score)
+            ranked = [
+                (i, s)
+                for s, i in zip(scores.tolist(), ids.tolist(), strict=True)
+                if i not in exclude and (min_score is None or s >= min_score)
             ]
             if collapse is not None:
-                hits = _distinct(hits, collapse)
+                ranked = self._distinct(ranked, collapse)
             exhausted = len(ids) < fetch or (min_score is not None and scores[-1] < min_score)
-            if len(hits) >= wanted or exhausted:
+            if len(ranked) >= wanted or exhausted:
                 break
             fetch *= 2  # only collapsed duplicates can leave a page short
-        return Page(hits[offset:wanted], k, offset, (time.perf_counter() - started) * 1000)
+        page = ranked[offset:wanted]
+        records = self._records([i for i, _ in page])  # the page's rows only, not those skipped
+        hits = [Hit(records[i], s) for i, s in page if i in records]
+        return Page(hits, k, offset, (time.perf_counter() - started) * 1000)
 
     def _query_images(self, terms: Sequence[Term]) -> set[int]:
         """Ids of the indexed images a query uses: by id, or uploaded with identical bytes."""
@@ -273,21 +275,30 @@ class SearchEngine:
             rows = session.scalars(select(ImageRecord).where(ImageRecord.id.in_(ids)))
             return {row.id: row for row in rows}
 
+    def _distinct(
+        self, ranked: list[tuple[int, float]], threshold: float
+    ) -> list[tuple[int, float]]:
+        """Drop each hit that is a near-duplicate (cosine ≥ threshold) of a better one kept."""
+        if not ranked:
+            return ranked
+        with self.collection.catalog.sessions() as session:
+            rows = session.execute(
+                select(ImageRecord.id, ImageRecord.embedding).where(
+                    ImageRecord.id.in_([i for i, _ in ranked])
+                )
+            )
+            embeddings = {row.id: row.embedding for row in rows}
+        ranked = [(i, s) for i, s in ranked if i in embeddings]
+        vectors = np.stack([np.frombuffer(embeddings[i], dtype=np.float32) for i, _ in ranked])
+        similar = (vectors @ vectors.T) >= threshold
+        kept: list[int] = []
+        for position in range(len(ranked)):
+            if not similar[position, kept].any():
+                kept.append(position)
+        return [ranked[position] for position in kept]
+
     def _matching_ids(self, filters: Filters) -> np.ndarray:
         """The ids a filter allows, for FAISS's ID selector."""
         with self.collection.catalog.sessions() as session:
             ids = session.scalars(select(ImageRecord.id).where(filters.where())).all()
         return np.asarray(ids, dtype=np.int64)
-
-
-def _distinct(hits: list[Hit], threshold: float) -> list[Hit]:
-    """Drop each hit that is a near-duplicate of a better-ranked one kept."""
-    if not hits:
-        return hits
-    vectors = np.stack([hit.record.vector for hit in hits])
-    similar = (vectors @ vectors.T) >= threshold
-    kept: list[int] = []
-    for i in range(len(hits)):
-        if not similar[i, kept].any():
-            kept.append(i)
-    return [hits[i] for i in kept]

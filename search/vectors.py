@@ -192,6 +192,11 @@ class VectorIndex:
         _fsync_dir(path.parent)
 
     @classmethod
+    def mapped(cls, path: Path) -> VectorIndex:
+        """The saved index memory-mapped, not read: enough to tell its type and size."""
+        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC))
+
+    @classmethod
     def load(cls, path: Path) -> VectorIndex:
         # read_index returns the concrete index and owns it; wrapping it again with
         # downcast_index would leave a pointer that dies with this temporary.

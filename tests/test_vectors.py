@@ -87,6 +87,8 @@ def test_ann_add_remove_save_load(tmp_path: Path, data) -> None:
     index.save(path)
     loaded = VectorIndex.load(path)
     assert loaded.kind == index.kind
+    mapped = VectorIndex.mapped(path)
+    assert (mapped.kind, len(mapped)) == (index.kind, len(index))
     assert sorted(loaded.ids()) == sorted([1, 2, *ids[10:]])
     assert loaded.search(images[0], 1)[1][0] == 1
     _, vectors = loaded.contents()
