@@ -86,8 +86,9 @@ def catalog_rows(collection: Collection, ids: np.ndarray, images: np.ndarray) ->
 
 
 def end_to_end(ids: np.ndarray, images: np.ndarray, ann: VectorIndex, device: str) -> float:
-    from search.engine import SearchEngine, Term
+    from search.engine import SearchEngine
     from search.model import Encoder
+    from search.request import SearchRequest
 
     with tempfile.TemporaryDirectory() as folder:
         spec = ModelSpec.from_args("ViT-B-32", "none")
@@ -98,7 +99,7 @@ def end_to_end(ids: np.ndarray, images: np.ndarray, ann: VectorIndex, device: st
         samples = []
         for i in range(40):
             started = time.perf_counter()
-            page = engine.query([Term("text", f"{CAPTIONS[i % 4]} {i}")], k=20)
+            page = engine.query(SearchRequest(text=f"{CAPTIONS[i % 4]} {i}", k=20))
             samples.append((time.perf_counter() - started) * 1000)
             assert page.hits, "the end-to-end query found nothing"
         return round(float(np.percentile(samples[5:], 50)), 2)  # after warm-up

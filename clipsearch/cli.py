@@ -8,17 +8,19 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from search.collection import Collection, default_data_dir
-from search.engine import DUPLICATE_COSINE
-from search.errors import ClipsearchError
+from search.errors import BadRequest, ClipsearchError
+from search.filters import FILTER_KEYS
 from search.imaging import DEFAULT_MAX_PIXELS
+from search.request import DEFAULT_K, DUPLICATE_COSINE, MAX_K, MAX_OFFSET, SearchRequest
 from search.spec import ModelSpec
 
 log = logging.getLogger("clipsearch")
+T = TypeVar("T")
 
 
 class _Commands(click.Group):
@@ -144,9 +146,9 @@ def index(
 @cli.command()
 @click.argument("text", required=False)
 @click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--like", type=click.IntRange(min=1), help="Images like the indexed image ID.")
-@click.option("-k", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--offset", type=click.IntRange(0, 10_000), default=0)
+@click.option("--like", type=int, help="Images like the indexed image ID.")
+@click.option("-k", type=int, default=DEFAULT_K, show_default=True, help=f"1 to {MAX_K}.")
+@click.option("--offset", type=int, default=0, help=f"0 to {MAX_OFFSET}.")
 @click.option("--min-score", type=float)
 @click.option("--folder", help="Only images under this folder (relative to the indexed one).")
 @click.option("--ext", help="Only these extensions, comma-separated.")
@@ -156,7 +158,7 @@ def index(
 @click.option("--include-query", is_flag=True, help="Keep the query's own images in the results.")
 @click.option(
     "--collapse",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=float,
     is_flag=False,
     flag_value=DUPLICATE_COSINE,
     help=f"Show one of each group of near-duplicates (cosine at least {DUPLICATE_COSINE}, "
@@ -168,63 +170,23 @@ def search(
     text: str | None,
     image: Path | None,
     like: int | None,
-    k: int,
-    offset: int,
-    min_score: float | None,
-    folder: str | None,
-    ext: str | None,
-    date_from: str | None,
-    date_to: str | None,
     attr: tuple[str, ...],
-    include_query: bool,
-    collapse: float | None,
     as_json: bool,
     data_dir: Path,
     device: str,
+    **options: Any,
 ) -> None:
     """Find the images that best match TEXT, an --image file, or an indexed image (--like).
 
     TEXT may combine weighted terms, and a term may be an image file:
     'cat + 2:grass - dog', 'beach - people', 'photo.jpg + snow'.
     """
-    from search.engine import SearchEngine, Term
-    from search.filters import Filters
-    from search.syntax import parse_query
+    from search.engine import SearchEngine
 
-    positive: list[Term] = []
-    negative: list[Term] = []
-    for part in parse_query(text or ""):
-        file = Path(part.text)
-        term = (
-            Term("image_bytes", file.read_bytes(), part.weight)
-            if file.is_file()
-            else Term("text", part.text, part.weight)
-        )
-        (negative if part.negative else positive).append(term)
-    if image:
-        positive.append(Term("image_bytes", image.read_bytes()))
-    if like:
-        positive.append(Term("image_id", like))
-    if not positive:
-        raise click.UsageError("give TEXT, --image FILE or --like ID")
-    filters = {"folder": folder, "ext": ext, "date_from": date_from, "date_to": date_to}
-    for item in attr:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise click.UsageError(f"--attr takes NAME=VALUE, got {item!r}")
-        filters[name if name.startswith("attr_") else f"attr_{name}"] = value
+    request = _search_request(text, image, like, attr, options)
     collection = Collection.open(data_dir)
     engine = SearchEngine(collection, collection.encoder(device))
-    page = engine.query(
-        positive,
-        negative,
-        k=k,
-        offset=offset,
-        min_score=min_score,
-        filters=Filters.parse(filters),
-        include_query=include_query,
-        collapse=collapse,
-    )
+    page = engine.query(request)
     if as_json:
         click.echo(json.dumps(page.to_json(collection.spec.name), indent=2))
         return
@@ -232,6 +194,42 @@ def search(
         click.echo(f"{hit.score:.4f}  {hit.record.id:>7}  {hit.record.file_path}")
     if not page.hits:
         click.echo("no results", err=True)
+
+
+def _search_request(
+    text: str | None,
+    image: Path | None,
+    like: int | None,
+    attr: tuple[str, ...],
+    options: dict[str, Any],
+) -> SearchRequest:
+    """The command line as a search request, checked before any model is loaded: a mistake
+    is a usage error (exit 2) at once."""
+    from search.syntax import parse_query
+
+    terms: dict[str, list[dict[str, Any]]] = {"positive": [], "negative": []}
+    for part in _usage(parse_query, text or ""):
+        file = Path(part.text)
+        term = {"image_b64": file.read_bytes()} if file.is_file() else {"text": part.text}
+        terms["negative" if part.negative else "positive"].append({**term, "weight": part.weight})
+    if image:
+        terms["positive"].append({"image_b64": image.read_bytes()})
+    filters = {key: options.pop(key) for key in FILTER_KEYS if options.get(key) is not None}
+    for item in attr:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--attr takes NAME=VALUE, got {item!r}")
+        filters[name if name.startswith("attr_") else f"attr_{name}"] = value
+    options = {key: value for key, value in options.items() if value is not None}
+    fields = {**terms, **options, "image_id": like, "filters": filters}
+    return _usage(SearchRequest.parse, {"collapse": False, **fields})
+
+
+def _usage(parse: Callable[..., T], *args: Any) -> T:
+    try:
+        return parse(*args)
+    except BadRequest as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @cli.command("eval")

@@ -1,4 +1,11 @@
-"""Read → hash → decode → preprocess in worker processes, so the encoder never waits on JPEGs."""
+"""Read → hash → decode → size for the model in worker processes, so the encoder never waits on
+files and no file can take the run down.
+
+Workers import no torch: they hand over uint8 pixels at the model's input size (a quarter of
+float32's bytes) and the encoder normalises them. Each worker's memory is capped; one that dies
+anyway (a decoder bug, the OOM killer, a stray SIGKILL) is replaced, the file it was on is tried
+once more on its own, and only a second death records it as failed.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +13,36 @@ import ctypes
 import hashlib
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
 
 from indexer.scan import FoundFile
 from search.errors import ImageError
-from search.imaging import DEFAULT_MAX_PIXELS, decode
+from search.imaging import DEFAULT_MAX_PIXELS, InputLayout, decode_for_model
+from search.sandbox import describe_exit, limit_resources, processes
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+FILE_SECONDS = 60  # a worker that spends longer on one file is stopped, as if it had died
 
 
 @dataclass
 class Loaded:
     """A file read and decoded; `pixels` is None when its content is already in the catalog
-    (same hash), so its vector is reused instead of encoded again. Collating moves the pixels
-    into the batch's one tensor and sets `encode`."""
+    (same hash), so its vector is reused instead of encoded again."""
 
     file: FoundFile
     sha256: str
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | None = None
     width: int = 0
     height: int = 0
     taken_at: datetime | None = None
-    encode: bool = False
 
 
 @dataclass
@@ -45,128 +54,195 @@ class Failed:
 @dataclass
 class Batch:
     items: list[Loaded | Failed]
-    pixels: torch.Tensor | None  # the stacked pixels of the items that need encoding
 
     @property
     def to_encode(self) -> list[Loaded]:
-        """The items whose rows of `pixels` these are, in order."""
-        return [item for item in self.items if isinstance(item, Loaded) and item.encode]
+        return [item for item in self.items if isinstance(item, Loaded) and item.pixels is not None]
 
-    def pin_memory(self) -> Batch:
-        """Called by the DataLoader on CUDA, so host-to-GPU copies can run asynchronously."""
-        if self.pixels is not None:
-            self.pixels = self.pixels.pin_memory()
-        return self
-
-
-class _Files(Dataset[Loaded | Failed]):
-    def __init__(
-        self,
-        files: Sequence[FoundFile],
-        preprocess: Callable[[Any], torch.Tensor],
-        known_hashes: frozenset[str],
-        max_pixels: int,
-        min_side: int | None,
-    ) -> None:
-        self.files = files
-        self.preprocess = preprocess
-        self.known_hashes = known_hashes
-        self.max_pixels = max_pixels
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> Loaded | Failed:
-        file = self.files[index]
-        try:
-            data = file.absolute.read_bytes()
-        except FileNotFoundError:
-            return Failed(file, "vanished before it could be read")
-        except OSError as exc:
-            return Failed(file, f"unreadable: {exc.strerror}")
-        sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 in self.known_hashes:
-            return Loaded(file, sha256)
-        try:
-            picture = decode(data, self.max_pixels, self.min_side)
-            pixels = self.preprocess(picture.image)
-        except ImageError as exc:
-            return Failed(file, str(exc))
-        return Loaded(file, sha256, pixels, picture.width, picture.height, picture.taken_at)
+    @property
+    def pixels(self) -> np.ndarray | None:
+        """The (N, H, W, 3) uint8 pixels of `to_encode`, in its order."""
+        arrays = [item.pixels for item in self.to_encode]
+        return np.stack(arrays) if arrays else None
 
 
-def _collate(items: list[Loaded | Failed]) -> Batch:
-    """Stack a chunk's pixels into one tensor: one shared-memory hand-over per chunk instead of
-    one per image."""
-    tensors = []
-    for item in items:
-        if isinstance(item, Loaded) and item.pixels is not None:
-            tensors.append(item.pixels)
-            item.pixels, item.encode = None, True
-    return Batch(items, torch.stack(tensors) if tensors else None)
+class KnownContent:
+    """The catalog's content hashes, as sorted 64-bit prefixes: 8 bytes a file to hand each
+    worker. A prefix collision only makes the indexer decode that file in the main process."""
+
+    def __init__(self, hashes: Iterable[str]) -> None:
+        prefixes = [int(digest[:16], 16) for digest in hashes]
+        self.prefixes = np.unique(np.array(prefixes, dtype=np.uint64))
+
+    def __contains__(self, digest: str) -> bool:
+        prefix = np.uint64(int(digest[:16], 16))
+        at = int(np.searchsorted(self.prefixes, prefix))
+        return at < len(self.prefixes) and self.prefixes[at] == prefix
 
 
-def _worker_init(_worker_id: int) -> None:
-    # Each worker decodes one chunk at a time; extra intra-op threads only fight the encoder.
-    torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: let the main process stop the run cleanly
-    # instead of seeing its workers die mid-batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.excepthook = _quiet_when_parent_left
-    _die_with_parent()
-
-
-def _quiet_when_parent_left(kind: type[BaseException], error: BaseException, trace: Any) -> None:
-    """A worker still handing a batch over when the run stops loses its connection (Python's
-    resource sharer reports it through sys.excepthook): that is the stop, not an error worth a
-    traceback on the user's terminal."""
-    if not issubclass(kind, ConnectionError | EOFError):
-        sys.__excepthook__(kind, error, trace)
-
-
-def _die_with_parent() -> None:
-    """A killed indexer must not leave workers behind: they hold its inherited collection lock
-    (and memory) until they notice, seconds later, and a re-run would find the lock taken."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def load_file(
+    file: FoundFile, known: KnownContent, layout: InputLayout, max_pixels: int
+) -> Loaded | Failed:
+    try:
+        data = file.absolute.read_bytes()
+    except FileNotFoundError:
+        return Failed(file, "vanished before it could be read")
+    except OSError as exc:
+        return Failed(file, f"unreadable: {exc.strerror}")
+    except MemoryError:
+        return Failed(file, f"too large to read ({file.size:,} bytes)")
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 in known:
+        return Loaded(file, sha256)
+    try:
+        decoded = decode_for_model(data, layout, max_pixels)
+    except ImageError as exc:
+        return Failed(file, str(exc))
+    return Loaded(file, sha256, decoded.pixels, decoded.width, decoded.height, decoded.taken_at)
 
 
 def load_batches(
     files: Sequence[FoundFile],
-    preprocess: Callable[[Any], torch.Tensor],
-    known_hashes: frozenset[str],
+    layout: InputLayout,
+    known_hashes: Iterable[str],
     batch_size: int,
     workers: int,
-    pin_memory: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    min_side: int | None = None,
 ) -> Iterator[Batch]:
-    """Workers take small chunks (a worker given a whole encoder batch would leave the others
-    idle on a small run); the encoder's batches are put together here."""
-    chunk = max(1, min(32, batch_size // (2 * workers))) if workers else batch_size
-    loader = DataLoader(
-        _Files(files, preprocess, known_hashes, max_pixels, min_side),
-        batch_size=chunk,
-        num_workers=workers,
-        collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=max(2, 2 * batch_size // (chunk * workers)) if workers else None,
-    )
-    pending: list[Batch] = []
-    for part in loader:
-        pending.append(part)
-        if sum(len(p.items) for p in pending) >= batch_size:
-            yield _merge(pending, pin_memory)
+    """Every file once, as Loaded or Failed, in batches of `batch_size` (in the order workers
+    finish them); `workers=0` decodes in this process."""
+    known = KnownContent(known_hashes)
+    if workers:
+        chunk = max(1, min(32, batch_size // (2 * workers)))
+        items: Iterable[Loaded | Failed] = _Pool(workers, (known, layout, max_pixels)).run(
+            files, chunk
+        )
+    else:
+        items = (load_file(file, known, layout, max_pixels) for file in files)
+    pending: list[Loaded | Failed] = []
+    for item in items:
+        pending.append(item)
+        if len(pending) >= batch_size:
+            yield Batch(pending)
             pending = []
     if pending:
-        yield _merge(pending, pin_memory)
+        yield Batch(pending)
 
 
-def _merge(parts: list[Batch], pin_memory: bool) -> Batch:
-    tensors = [part.pixels for part in parts if part.pixels is not None]
-    batch = Batch(
-        [item for part in parts for item in part.items], torch.cat(tensors) if tensors else None
-    )
-    return batch.pin_memory() if pin_memory else batch
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    held: deque[int] = field(default_factory=deque)  # sequence numbers, in the order it works
+    since: float = field(default_factory=time.monotonic)  # when its current file began
+
+
+class _Pool:
+    """Worker processes fed chunks of files through their own pipes, so the main process always
+    knows which file each one is on."""
+
+    def __init__(self, size: int, setup: tuple[KnownContent, InputLayout, int]) -> None:
+        self.size = size
+        self.setup = setup
+        self.workers: list[_Worker] = []
+
+    def run(self, files: Sequence[FoundFile], chunk: int) -> Iterator[Loaded | Failed]:
+        todo = deque(
+            list(range(start, min(start + chunk, len(files))))
+            for start in range(0, len(files), chunk)
+        )
+        retried: set[int] = set()
+        try:
+            self.workers = [self._start() for _ in range(self.size)]
+            while todo or any(worker.held for worker in self.workers):
+                self._feed(todo, files, 2 * chunk)
+                ready = set(wait([w.conn for w in self.workers], timeout=1.0))
+                for worker in list(self.workers):
+                    if worker.conn in ready:
+                        yield from self._receive(worker)
+                    if _overdue(worker) or not worker.process.is_alive():
+                        yield from self._replace(worker, todo, files, retried)
+        finally:
+            for worker in self.workers:
+                worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+
+    def _start(self) -> _Worker:
+        ours, theirs = processes.Pipe()
+        process = processes.Process(target=_work, args=(theirs, self.setup), daemon=True)
+        process.start()
+        theirs.close()
+        return _Worker(process, ours)
+
+    def _feed(self, todo: deque[list[int]], files: Sequence[FoundFile], depth: int) -> None:
+        for worker in self.workers:
+            while todo and len(worker.held) < depth:
+                seqs = todo.popleft()
+                if not worker.held:
+                    worker.since = time.monotonic()
+                worker.conn.send([(seq, files[seq]) for seq in seqs])
+                worker.held.extend(seqs)
+
+    def _receive(self, worker: _Worker) -> Iterator[Loaded | Failed]:
+        try:
+            while worker.conn.poll():
+                _seq, item = worker.conn.recv()  # files come back in the order they were sent
+                worker.held.popleft()
+                worker.since = time.monotonic()
+                yield item
+        except (EOFError, OSError):
+            pass  # it died: the next round finds it dead and replaces it
+
+    def _replace(
+        self,
+        worker: _Worker,
+        todo: deque[list[int]],
+        files: Sequence[FoundFile],
+        retried: set[int],
+    ) -> Iterator[Loaded | Failed]:
+        """The file a dead (or stuck) worker was on is retried alone once, then failed; the
+        files it held after that go back to the front of the queue."""
+        yield from self._receive(worker)  # what it finished before it died
+        worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        why = "took too long" if _overdue(worker) else describe_exit(worker.process.exitcode)
+        self.workers[self.workers.index(worker)] = self._start()
+        if not worker.held:
+            return
+        current, *rest = worker.held
+        if rest:
+            todo.appendleft(rest)
+        if current in retried:
+            yield Failed(files[current], f"the decoder crashed ({why})")
+        else:
+            retried.add(current)
+            todo.appendleft([current])
+
+
+def _overdue(worker: _Worker) -> bool:
+    return bool(worker.held) and time.monotonic() - worker.since > FILE_SECONDS
+
+
+def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> None:
+    """A worker's life: chunks of (sequence number, file) in, one (number, result) out per
+    file, until the main process goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
+    _die_with_parent()
+    limit_resources()
+    known, layout, max_pixels = setup
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        for seq, file in chunk:
+            conn.send((seq, load_file(file, known, layout, max_pixels)))
+
+
+def _die_with_parent() -> None:
+    """Workers must not outlive the indexer (they would hold memory until they noticed)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

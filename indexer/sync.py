@@ -23,7 +23,8 @@ from indexer.scan import FoundFile, Unreadable, scan
 from search.catalog import Failure, ImageRecord
 from search.collection import Collection
 from search.errors import ClipsearchError, ImageError
-from search.imaging import DEFAULT_MAX_PIXELS, decode
+from search.imaging import DEFAULT_MAX_PIXELS, decode_for_model
+from search.sandbox import run_bounded
 from search.vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class _Run:
         return self.summary
 
     def _encode(self, todo: list[FoundFile]) -> None:
-        from indexer.pipeline import load_batches  # torch: only when there is work for it
+        from indexer.pipeline import load_batches
 
         encoder = self.indexer.encoder
         with tqdm(
@@ -185,13 +186,11 @@ class _Run:
         ) as bar:
             for batch in load_batches(
                 todo,
-                encoder.preprocess,
-                frozenset(self._catalog_hashes()),
+                encoder.layout,
+                self._catalog_hashes(),
                 self.indexer.batch_size or (256 if encoder.device.type == "cuda" else 32),
                 self.indexer.workers,
-                pin_memory=encoder.device.type == "cuda",
-                max_pixels=self.indexer.max_pixels,
-                min_side=encoder.decode_min_side,
+                self.indexer.max_pixels,
             ):
                 self._write(batch)
                 bar.update(len(batch.items))
@@ -257,10 +256,9 @@ class _Run:
         from indexer.pipeline import Failed
 
         to_encode = batch.to_encode
-        vectors = (
-            self.indexer.encoder.encode_batch(batch.pixels) if batch.pixels is not None else None
-        )
-        encoded = {id(item): vectors[i] for i, item in enumerate(to_encode)} if to_encode else {}
+        pixels = batch.pixels
+        vectors = self.indexer.encoder.encode_pixels(pixels) if pixels is not None else []
+        encoded = {id(item): vectors[i] for i, item in enumerate(to_encode)}
         writes = _Writes()
         with self.catalog.transaction() as session:
             for item in batch.items:
@@ -380,17 +378,18 @@ class _Run:
         )
 
     def _encode_now(self, session: Session, item: Loaded, writes: _Writes) -> None:
+        encoder = self.indexer.encoder
         try:
-            picture = decode(
-                item.file.absolute.read_bytes(),
-                self.indexer.max_pixels,
-                self.indexer.encoder.decode_min_side,
-            )
-        except (ImageError, OSError) as exc:
+            data = item.file.absolute.read_bytes()
+            decoded = run_bounded(decode_for_model, data, encoder.layout, self.indexer.max_pixels)
+        except ImageError as exc:
             self._fail(session, item.file, str(exc), writes)
             return
-        vector = self.indexer.encoder.encode_images([picture.image])[0]
-        item.width, item.height, item.taken_at = picture.width, picture.height, picture.taken_at
+        except OSError as exc:
+            self._fail(session, item.file, f"unreadable: {exc.strerror}", writes)
+            return
+        vector = encoder.encode_pixels(decoded.pixels[np.newaxis])[0]
+        item.width, item.height, item.taken_at = decoded.width, decoded.height, decoded.taken_at
         self._store(session, item, vector, writes)
 
     def _fail(self, session: Session, file: FoundFile, reason: str, writes: _Writes) -> None:

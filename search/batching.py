@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from search.model import Encoder
 
 MAX_BATCH = 32
@@ -64,6 +62,7 @@ class QueryEncoder:
         assert job.vector is not None
         return job.vector
 
-    def image(self, image: Image.Image) -> np.ndarray:
+    def pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """One image laid out by `model_input`."""
         with self._model:
-            return self.encoder.encode_images([image])[0]
+            return self.encoder.encode_pixels(pixels[np.newaxis])[0]

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -19,39 +19,23 @@ from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import BadRequest, NotFound
 from search.filters import Filters, facets
-from search.imaging import decode
-from search.syntax import parse_query
+from search.imaging import decode_for_model
+from search.request import (
+    MAX_IMAGE_ID,
+    EmbeddingTerm,
+    IdTerm,
+    ImageTerm,
+    SearchRequest,
+    Term,
+    TextTerm,
+)
+from search.sandbox import run_bounded
 
 if TYPE_CHECKING:
     from search.model import Encoder
     from search.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
-
-MAX_K = 1000
-MAX_OFFSET = 10_000
-MAX_QUERY_CHARS = 1000
-MAX_TERMS = 16
-DUPLICATE_COSINE = 0.95  # resized, recompressed or burst copies of one photo score above this
-MAX_COLLAPSE_DEPTH = 2000  # offset + k with collapse: the pairwise check grows quadratically
-
-
-@dataclass(frozen=True)
-class Term:
-    """One part of a query: its kind, its value and its weight (negative terms subtract)."""
-
-    kind: Literal["text", "image_id", "image_bytes", "vector"]
-    value: str | int | bytes | tuple[float, ...]
-    weight: float = 1.0
-
-
-def terms_from_query(query: str) -> tuple[list[Term], list[Term]]:
-    """The positive and negative text terms of the query syntax (`cat + 2:grass - dog`)."""
-    positive: list[Term] = []
-    negative: list[Term] = []
-    for part in parse_query(query):
-        (negative if part.negative else positive).append(Term("text", part.text, part.weight))
-    return positive, negative
 
 
 @dataclass
@@ -135,10 +119,6 @@ class SearchEngine:
         return self._vectors
 
     def query_vector(self, positive: Sequence[Term], negative: Sequence[Term] = ()) -> np.ndarray:
-        if not positive:
-            raise BadRequest("give a query: text, an image id, an image or an embedding")
-        if len(positive) + len(negative) > MAX_TERMS:
-            raise BadRequest(f"at most {MAX_TERMS} query terms")
         total = np.zeros(self.encoder.dim, dtype=np.float32)
         for sign, terms in ((1.0, positive), (-1.0, negative)):
             for term in terms:
@@ -149,20 +129,15 @@ class SearchEngine:
         return total / norm
 
     def _embed(self, term: Term) -> np.ndarray:
-        if term.kind == "text":
-            text = str(term.value).strip()
-            if not text:
-                raise BadRequest("empty query text")
-            if len(text) > MAX_QUERY_CHARS:
-                raise BadRequest(f"query text is over {MAX_QUERY_CHARS} characters")
-            return self._queries.text(text)
-        if term.kind == "image_id":
-            return self.image(int(term.value)).vector
-        if term.kind == "vector":
-            return self._raw_vector(term.value)
-        assert isinstance(term.value, bytes)
-        picture = decode(term.value, min_side=self.encoder.decode_min_side)
-        return self._queries.image(picture.image)
+        if isinstance(term, TextTerm):
+            return self._queries.text(term.text.strip())
+        if isinstance(term, IdTerm):
+            return self.image(term.image_id).vector
+        if isinstance(term, EmbeddingTerm):
+            return self._raw_vector(term.embedding)
+        # An upload is untrusted: decoded in a child process whose memory and time are capped.
+        decoded = run_bounded(decode_for_model, term.image_b64, self.encoder.layout)
+        return self._queries.pixels(decoded.pixels)
 
     def _raw_vector(self, value: object) -> np.ndarray:
         """A caller's own embedding (from this collection's model), normalised like ours."""
@@ -174,23 +149,22 @@ class SearchEngine:
             raise BadRequest("an embedding must be finite and not all zeros")
         return vector / norm
 
-    def query(
-        self,
-        positive: Sequence[Term],
-        negative: Sequence[Term] = (),
-        k: int = 20,
-        offset: int = 0,
-        min_score: float | None = None,
-        filters: Filters | None = None,
-        include_query: bool = False,
-        collapse: float | None = None,
-    ) -> Page:
+    def query(self, request: SearchRequest) -> Page:
         """Embed the terms and search; took_ms covers both, as a caller experiences it. The
         images the query is made of are left out of the results unless `include_query`."""
         started = time.perf_counter()
+        positive, negative = request.terms()
         vector = self.query_vector(positive, negative)
-        exclude = set() if include_query else self._query_images([*positive, *negative])
-        page = self.search(vector, k, offset, min_score, filters, exclude, collapse)
+        exclude = set() if request.include_query else self._query_images([*positive, *negative])
+        page = self.search(
+            vector,
+            request.k,
+            request.offset,
+            request.min_score,
+            request.filters,
+            exclude,
+            request.collapse_cosine,
+        )
         page.took_ms = (time.perf_counter() - started) * 1000
         return page
 
@@ -208,13 +182,7 @@ class SearchEngine:
         together are the top 2k, also with filters, exclusions and collapsed duplicates.
         `collapse` keeps only the best of the hits whose cosine with it is at least that."""
         started = time.perf_counter()
-        if not 1 <= k <= MAX_K:
-            raise BadRequest(f"k must be between 1 and {MAX_K}")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise BadRequest(f"offset must be between 0 and {MAX_OFFSET}")
         wanted = offset + k
-        if collapse is not None and wanted > MAX_COLLAPSE_DEPTH:
-            raise BadRequest(f"with collapse, offset + k must be at most {MAX_COLLAPSE_DEPTH}")
         self.refresh()
         vectors = self._vectors
         allowed = self._matching_ids(filters) if filters else None
@@ -239,11 +207,11 @@ class SearchEngine:
 
     def _query_images(self, terms: Sequence[Term]) -> set[int]:
         """Ids of the indexed images a query uses: by id, or uploaded with identical bytes."""
-        ids = {int(term.value) for term in terms if term.kind == "image_id"}
+        ids = {term.image_id for term in terms if isinstance(term, IdTerm)}
         digests = [
-            hashlib.sha256(term.value).hexdigest()
+            hashlib.sha256(term.image_b64).hexdigest()
             for term in terms
-            if term.kind == "image_bytes" and isinstance(term.value, bytes)
+            if isinstance(term, ImageTerm)
         ]
         if digests:
             with self.collection.catalog.sessions() as session:
@@ -262,8 +230,10 @@ class SearchEngine:
         return cached[1]
 
     def image(self, image_id: int) -> ImageRecord:
-        with self.collection.catalog.sessions() as session:
-            record = session.get(ImageRecord, image_id)
+        record = None
+        if 1 <= image_id <= MAX_IMAGE_ID:  # SQLite cannot even compare with a larger number
+            with self.collection.catalog.sessions() as session:
+                record = session.get(ImageRecord, image_id)
         if record is None:
             raise NotFound(f"no image with id {image_id}")
         return record

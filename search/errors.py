@@ -17,6 +17,10 @@ class BadRequest(ClipsearchError):
     """A query or parameter that cannot be answered as given."""
 
 
+class TooLarge(BadRequest):
+    """An upload over the size limit."""
+
+
 class NotFound(ClipsearchError):
     """An image id that names no indexed image."""
 

@@ -18,6 +18,8 @@ from search.catalog import ImageRecord
 from search.errors import BadRequest
 
 _ATTR = re.compile(r"^attr_(?P<name>[A-Za-z0-9_.-]+?)(?:_(?P<bound>min|max))?$")
+_ATTR_KEY = "^attr_[A-Za-z0-9_.-]+$"  # _ATTR, as JSON Schema (ECMA regex) says it
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 FILTER_KEYS = ("folder", "ext", "date_from", "date_to")
 
 
@@ -45,8 +47,14 @@ class Filters:
         )
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any]) -> Filters:
-        """Read the filter keys of `values`, ignoring keys that are not filters."""
+    def parse(cls, values: object) -> Filters:
+        """Read a mapping of filter keys (a POST `filters` object, CLI options)."""
+        if isinstance(values, Filters):
+            return values
+        if not isinstance(values, Mapping):
+            raise BadRequest("filters must be an object")
+        if unknown := [key for key in values if not is_filter_key(str(key))]:
+            raise BadRequest(f"unknown filter {str(unknown[0])[:40]!r}")
         folder = _text(values, "folder")
         if folder is not None:
             folder = folder.strip("/")
@@ -66,7 +74,7 @@ class Filters:
                 continue
             name, bound = match["name"], match["bound"]
             if bound is None:
-                equals[name] = _text(values, key) or ""
+                equals[name] = _equality_value(key, value)
             else:
                 (lows if bound == "min" else highs)[name] = finite_number(key, value)
         return cls(
@@ -103,6 +111,32 @@ class Filters:
         return and_(*conditions)
 
 
+def is_filter_key(key: str) -> bool:
+    return key in FILTER_KEYS or _ATTR.match(key) is not None
+
+
+def filters_schema() -> dict[str, Any]:
+    """The JSON Schema of a filters object (and of the filter query parameters)."""
+    text = {"type": "string", "maxLength": 1000}
+    return {
+        "type": "object",
+        "properties": {
+            "folder": {**text, "description": "Path prefix relative to the indexed folder."},
+            "ext": {**text, "description": "Extensions, comma-separated: jpg,png."},
+            "date_from": {"type": "string", "format": "date", "description": "Inclusive."},
+            "date_to": {"type": "string", "format": "date", "description": "Inclusive."},
+        },
+        "patternProperties": {
+            _ATTR_KEY: {
+                "type": ["string", "number"],
+                "description": "attr_NAME: equality on a catalog attribute; attr_NAME_min, "
+                "attr_NAME_max: a numeric range.",
+            }
+        },
+        "additionalProperties": False,
+    }
+
+
 def _attribute(name: str) -> ColumnElement[Any]:
     return func.json_extract(ImageRecord.attributes, f'$."{name}"')
 
@@ -111,9 +145,17 @@ def _text(values: Mapping[str, Any], key: str) -> str | None:
     value = values.get(key)
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if not isinstance(value, str):
         raise BadRequest(f"{key}: expected a string")
-    return str(value)
+    return value
+
+
+def _equality_value(key: str, value: Any) -> str:
+    """A catalog attribute to match: text, or a number as the catalog stores it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = finite_number(key, value)
+        return str(int(number)) if number.is_integer() else str(number)
+    return _text({key: value}, key) or ""
 
 
 def finite_number(key: str, value: Any) -> float:
@@ -132,7 +174,9 @@ def _date(values: Mapping[str, Any], key: str) -> date | None:
     if text is None:
         return None
     try:
-        return datetime.fromisoformat(text).date()
+        if not _ISO_DATE.match(text):
+            raise ValueError(text)
+        return date.fromisoformat(text)
     except ValueError:
         raise BadRequest(f"{key}: expected an ISO date like 2024-05-31, got {text!r}") from None
 

@@ -1,26 +1,32 @@
 """Turning untrusted bytes into an upright RGB picture, or into a clear reason why not.
 
 Both the indexer (files on disk) and the web app (uploads) go through here, so every image the
-model sees was decoded, oriented and converted the same way.
+model sees was decoded, oriented, converted and sized the same way.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from search.errors import ImageError
 
-# 12-48 MP photos and panoramas pass; a decompression bomb does not. decode() checks the header's
-# size against its own, configurable limit before any pixel is decoded, so Pillow's fixed global
-# one is lifted.
+log = logging.getLogger(__name__)
+
+# 12-48 MP photos and panoramas pass; a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 150_000_000
-Image.MAX_IMAGE_PIXELS = None
+# Only the formats photos and product images come in. The other formats Pillow can open (ICNS
+# holding JPEG 2000, EPS through Ghostscript, game textures, fuzzer-found containers) add attack
+# surface and no photos.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "HEIF", "AVIF")
 # Phones save HEIC; libheif (through pillow-heif) teaches Pillow to read it.
 pillow_heif.register_heif_opener()
 THUMBNAIL_SIZE = 256
@@ -30,6 +36,8 @@ _ORIENTATION = 0x0112
 _EXIF_TRANSPOSES = {5: True, 6: True, 7: True, 8: True}  # orientations that swap width/height
 _DATETIME_ORIGINAL = 0x9003
 _DATETIME = 0x0132
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+_RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclass
@@ -40,10 +48,26 @@ class Picture:
     taken_at: datetime | None  # EXIF capture time, when the file has one
 
 
+@dataclass(frozen=True)
+class InputLayout:
+    """How a model wants its pixels: open_clip's eval preprocessing up to the float conversion,
+    which the model side does (uint8 is a quarter of the bytes to hand between processes)."""
+
+    size: int  # square side
+    squash: bool = False  # resize to size x size ignoring the aspect ratio (SigLIP), else
+    # shortest side to size, then a centre crop
+    interpolation: str = "bicubic"
+
+    @property
+    def min_side(self) -> int:
+        """JPEG draft decoding stops at this shorter side: nothing finer survives the resize."""
+        return self.size
+
+
 def decode(
     data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
 ) -> Picture:
-    """Decode the first frame of any image Pillow reads, applying EXIF orientation.
+    """Decode the first frame of an image in one of FORMATS, applying EXIF orientation.
 
     With `min_side`, a JPEG is decoded by libjpeg's DCT scaling straight to the smallest
     1/2, 1/4 or 1/8 size whose shorter side is still at least `min_side`: a 12 MP photo decodes
@@ -51,10 +75,28 @@ def decode(
     """
     if not data:
         raise ImageError("empty file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _decode(data, max_pixels, min_side)
+        finally:
+            # Decoders warn about every oddity of a file; the user wants the picture or one
+            # reason, so the warnings go to the debug log.
+            for warning in caught:
+                log.debug("decoder warning: %s", warning.message)
+
+
+def _decode(data: bytes, max_pixels: int, min_side: int | None) -> Picture:
+    # Pillow refuses images above twice its MAX_IMAGE_PIXELS, checked on every image it opens,
+    # also those nested in a container whose own header looks small (ICNS holding JPEG 2000).
+    # Half our limit makes it refuse exactly at our limit.
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_over_limit(exc, max_pixels)) from None
     except Exception as exc:  # Pillow signals unreadable data with many exception types
-        raise ImageError(f"not a readable image ({_reason(exc)})") from exc
+        raise ImageError(f"not a readable image ({_reason(exc)})") from None
     pixels = image.width * image.height
     if pixels > max_pixels:
         raise ImageError(
@@ -70,8 +112,12 @@ def decode(
         image = ImageOps.exif_transpose(image)
         image.load()
         rgb = to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_over_limit(exc, max_pixels)) from None
+    except MemoryError:
+        raise ImageError("cannot decode image (out of memory)") from None
     except Exception as exc:
-        raise ImageError(f"cannot decode image ({_reason(exc)})") from exc
+        raise ImageError(f"cannot decode image ({_reason(exc)})") from None
     return Picture(rgb, width, height, taken_at)
 
 
@@ -85,7 +131,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         scale = 1.0 if values.max(initial=0) <= 255 else 255.0 / 65535.0
         if image.mode == "F" and values.max(initial=0) <= 1.0:
             scale = 255.0
-        grey = np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
+        grey = np.clip(np.nan_to_num(values) * scale + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (
         image.mode == "P" and "transparency" in image.info
@@ -95,6 +141,43 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def model_input(image: Image.Image, layout: InputLayout) -> np.ndarray:
+    """The (size, size, 3) uint8 pixels open_clip's preprocessing would convert to floats: the
+    same resize (torchvision's rounding, Pillow's filter) and centre crop."""
+    resample = _RESAMPLING[layout.interpolation]
+    width, height = image.size
+    if layout.squash:
+        target = (layout.size, layout.size)
+    elif width <= height:
+        target = (layout.size, int(layout.size * height / width))
+    else:
+        target = (int(layout.size * width / height), layout.size)
+    if target != image.size:
+        image = image.resize(target, resample)
+    top = round((target[1] - layout.size) / 2.0)
+    left = round((target[0] - layout.size) / 2.0)
+    image = image.crop((left, top, left + layout.size, top + layout.size))
+    return np.array(image, dtype=np.uint8)  # a copy: torch wants writable memory
+
+
+@dataclass
+class Decoded:
+    """A file or upload ready for the model, with what the catalog keeps of it."""
+
+    pixels: np.ndarray  # model_input()
+    width: int
+    height: int
+    taken_at: datetime | None
+
+
+def decode_for_model(
+    data: bytes, layout: InputLayout, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Decoded:
+    picture = decode(data, max_pixels, layout.min_side)
+    pixels = model_input(picture.image, layout)
+    return Decoded(pixels, picture.width, picture.height, picture.taken_at)
 
 
 def make_thumbnail(data: bytes, size: int = THUMBNAIL_SIZE) -> bytes:
@@ -111,10 +194,20 @@ def _capture_time(image: Image.Image) -> datetime | None:
         exif = image.getexif()
         raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
         return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S") if raw else None
-    except (ValueError, TypeError, OSError, SyntaxError):
+    except Exception:  # EXIF from the wild is malformed in every way; it is optional here
         return None
 
 
+def _over_limit(bomb: Image.DecompressionBombError, max_pixels: int) -> str:
+    """Pillow's refusal, also of an image nested in a container, in our words."""
+    found = re.search(r"\((\d+) pixels\)", str(bomb))
+    size = f"{int(found[1]):,} pixels" if found else "an image"
+    return f"holds {size}, over the limit of {max_pixels:,}"
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    """A sentence from a decoder's exception, without the object reprs some of them carry."""
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not {', '.join(FORMATS[:-1])} or {FORMATS[-1]}"
+    text = _REPR.sub("the data", str(exc).strip().split("\n")[0]).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

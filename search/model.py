@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from search.errors import ModelError
+from search.imaging import InputLayout, model_input
 from search.spec import NO_WEIGHTS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,21 @@ def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Imag
     return model, preprocess
 
 
+def _input_layout(cfg: dict[str, Any]) -> tuple[InputLayout, Sequence[float], Sequence[float]]:
+    """The model's eval preprocessing, as the decode workers and `encode_pixels` apply it."""
+    size = cfg["size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    mode = cfg.get("resize_mode") or "shortest"
+    if height != width or mode not in ("shortest", "squash"):
+        raise ModelError(
+            f"the model's image preprocessing ({mode} resize to {height}x{width}) is not "
+            "supported: clipsearch handles square inputs, resized shortest-side or squashed"
+        )
+    interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
+    layout = InputLayout(int(height), squash=mode == "squash", interpolation=interpolation)
+    return layout, cfg["mean"], cfg["std"]
+
+
 class Encoder:
     """One loaded model, shared by every query or indexing batch; outputs are L2-normalised
     float32 rows, so inner products are cosine similarities."""
@@ -136,22 +152,23 @@ class Encoder:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.dim = spec.embed_dim
-        size = self.model.visual.image_size
-        self.image_size = max(size) if isinstance(size, tuple) else int(size)
-        # JPEG draft decoding down to the model's input size stays indistinguishable from a
-        # full decode once preprocessing has resized it: cosine 0.99999 on 12 MP photos with
-        # ViT-B-32 (tests/test_model.py checks it on every run).
-        self.decode_min_side = self.image_size
+        self.layout, mean, std = _input_layout(self.model.visual.preprocess_cfg)
+        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         log.info("model %s on %s (%s)", spec.describe(), self.device, self.dtype)
 
     @torch.inference_mode()
-    def encode_batch(self, pixels: torch.Tensor) -> np.ndarray:
-        """Encode preprocessed images (N, 3, H, W), as the indexer's loader yields them."""
-        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-        return self._normalised(self.model.encode_image(pixels))
+    def encode_pixels(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Encode (N, H, W, 3) uint8 images laid out by `model_input`, as decode workers hand
+        them over: the float conversion and normalisation of open_clip's preprocessing happen
+        here, on the GPU when there is one."""
+        pixels = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        floats = pixels.permute(0, 3, 1, 2).float().div(255)
+        floats = ((floats - self._mean) / self._std).to(self.dtype)
+        return self._normalised(self.model.encode_image(floats))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.encode_batch(torch.stack([self.preprocess(image) for image in images]))
+        return self.encode_pixels(np.stack([model_input(image, self.layout) for image in images]))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -22,7 +22,9 @@ import requests
 from benchmarks.make_images import draw
 from indexer.sync import Indexer
 from search.collection import Collection
+from search.engine import Page, SearchEngine
 from search.model import Encoder
+from search.request import SearchRequest
 from search.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +84,11 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Colle
     """One read-only collection shared by a module's tests."""
     root = tmp_path_factory.mktemp("indexed")
     return build(root / "data", copy_samples(root / "photos"), encoder)
+
+
+def ask(engine: SearchEngine, **fields: object) -> Page:
+    """A query as every caller makes one: a validated SearchRequest."""
+    return engine.query(SearchRequest.parse(fields))
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -104,7 +104,7 @@ def test_special_and_vanishing_files(tmp_path: Path, encoder: Encoder) -> None:
 
     vanished = FoundFile(str(folder), "gone.jpg", 10, 0)
     files = [f for f in found if isinstance(f, FoundFile)] + [vanished]
-    items = [i for b in load_batches(files, encoder.preprocess, frozenset(), 4, 0) for i in b.items]
+    items = [i for b in load_batches(files, encoder.layout, [], 4, 0) for i in b.items]
     assert isinstance(items[-1], Failed) and "vanished" in items[-1].reason
 
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)

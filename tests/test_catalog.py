@@ -11,11 +11,10 @@ import pytest
 
 from indexer.sync import Indexer
 from search.collection import Collection
-from search.engine import SearchEngine, Term
+from search.engine import SearchEngine
 from search.errors import ClipsearchError
-from search.filters import Filters
 from search.model import Encoder
-from tests.conftest import SAMPLES, TINY_ARGS, run_cli
+from tests.conftest import SAMPLES, TINY_ARGS, ask, run_cli
 
 PRODUCTS = [
     {
@@ -74,17 +73,19 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
     assert (summary.added, summary.failed) == (4, 1)
     assert "missing" in collection.stats()["failures"][0]["reason"]
     engine = SearchEngine(collection, encoder)
-    query = [Term("text", "something to buy")]
-    hits = engine.query(query, k=10).hits
+    query = "something to buy"
+    hits = ask(engine, text=query, k=10).hits
     assert {h.record.attributes["sku"] for h in hits} == {"A1", "F1", "T1", "B1"}
     assert hits[0].to_json()["attributes"]["title"]
 
-    garden = engine.query(query, k=10, filters=Filters.parse({"attr_category": "garden"})).hits
+    garden = ask(engine, text=query, k=10, filters={"attr_category": "garden"}).hits
     assert {h.record.attributes["sku"] for h in garden} == {"F1", "T1"}
-    cheap = engine.query(query, k=10, filters=Filters.parse({"attr_price_max": "100"})).hits
+    cheap = ask(engine, text=query, k=10, filters={"attr_price_max": "100"}).hits
     assert {h.record.attributes["sku"] for h in cheap} == {"A1", "F1"}
-    band = Filters.parse({"attr_price_min": 4, "attr_price_max": 120})
-    assert {h.record.attributes["sku"] for h in engine.query(query, k=10, filters=band).hits} == {
+    band = {"attr_price_min": 4, "attr_price_max": 120}
+    assert {
+        h.record.attributes["sku"] for h in ask(engine, text=query, k=10, filters=band).hits
+    } == {
         "F1",
         "T1",
     }
@@ -94,9 +95,9 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
     write_shop(tmp_path / "shop", rows)
     summary = indexer.run_catalog(catalog)
     assert (summary.added, summary.updated, summary.unchanged, summary.removed) == (0, 0, 3, 1)
-    apple = engine.query(query, k=10, filters=Filters.parse({"attr_sku": "A1"})).hits
+    apple = ask(engine, text=query, k=10, filters={"attr_sku": "A1"}).hits
     assert apple[0].record.attributes["price"] == "2.0"
-    assert len(engine.query(query, k=10).hits) == 3
+    assert len(ask(engine, text=query, k=10).hits) == 3
 
 
 def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
-from search.engine import SearchEngine, Term
+from search.engine import SearchEngine
 from search.model import Encoder
-from tests.conftest import TINY_ARGS, run_cli
+from tests.conftest import TINY_ARGS, ask, run_cli
 
 PHOTOS = 300
 
@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_then_a_full_run(tmp_path: Path, encoder: Enco
 
     collection = Collection.open(data)
     engine = SearchEngine(collection, encoder)
-    page = engine.query([Term("text", "a photo")], k=PHOTOS)
+    page = ask(engine, text="a photo", k=PHOTOS)
     paths = [hit.record.path for hit in page.hits]
     assert len(paths) == PHOTOS and len(set(paths)) == PHOTOS
     vectors, _ = collection.load_vectors()
@@ -124,16 +124,15 @@ def test_server_follows_the_indexer(tmp_path: Path, encoder: Encoder, photos: Pa
     indexer = Indexer(collection, encoder, workers=0, progress=False)
     indexer.run([photos])
     engine = SearchEngine(collection, encoder)
-    query = [Term("text", "anything")]
-    assert len(engine.query(query, k=50).hits) == 12
+    assert len(ask(engine, text="anything", k=50).hits) == 12
 
     # Mid-run (lock held, catalog ahead of any saved index): keep answering from the last one.
     with collection.writer(), collection.catalog.transaction() as session:
         collection.catalog.bump_generation(session)
     with collection.writer():
-        assert len(engine.query(query, k=50).hits) == 12
+        assert len(ask(engine, text="anything", k=50).hits) == 12
 
     Image.new("RGB", (40, 40), (10, 200, 10)).save(photos / "green.png")
     indexer.run([photos])
-    hits = engine.query(query, k=50).hits
+    hits = ask(engine, text="anything", k=50).hits
     assert len(hits) == 13 and "green.png" in {h.record.path for h in hits}

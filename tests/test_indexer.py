@@ -132,11 +132,11 @@ def test_pipeline_hands_every_new_file_to_the_encoder_in_batches(
 ) -> None:
     files = [f for f in scan(photos) if isinstance(f, FoundFile)]
     known = frozenset({hashlib.sha256((photos / "snowman.png").read_bytes()).hexdigest()})
-    batches = list(load_batches(files, encoder.preprocess, known, 5, workers))
+    batches = list(load_batches(files, encoder.layout, known, 5, workers))
     assert sum(len(b.items) for b in batches) == 12
     if workers == 0:
         assert [len(b.items) for b in batches] == [5, 5, 2]
     for batch in batches:
         assert batch.pixels is not None and len(batch.to_encode) == len(batch.pixels)
-    reused = [i for b in batches for i in b.items if not i.encode]
+    reused = [i for b in batches for i in b.items if i.pixels is None]
     assert [i.file.path for i in reused] == ["snowman.png"]  # known content: not decoded

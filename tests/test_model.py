@@ -53,7 +53,7 @@ def test_draft_decoded_large_jpeg_matches_full_decode(
         big = Image.open(SAMPLES / name).resize((3200, 2400), Image.Resampling.BICUBIC)
         path = tmp_path / name
         big.save(path, quality=90)
-        picture = decode(path.read_bytes(), min_side=encoder.decode_min_side)
+        picture = decode(path.read_bytes(), min_side=encoder.layout.min_side)
         assert (picture.width, picture.height) == (3200, 2400)
         assert picture.image.width < 3200  # the draft path was taken
         ours = encoder.encode_images([picture.image])[0]

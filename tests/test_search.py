@@ -13,10 +13,11 @@ from sqlalchemy import select
 from search.batching import QueryEncoder
 from search.catalog import ImageRecord
 from search.collection import Collection
-from search.engine import SearchEngine, Term
+from search.engine import SearchEngine
 from search.errors import BadRequest, NotFound
 from search.filters import Filters
 from search.model import Encoder
+from search.request import IdTerm, ImageTerm, SearchRequest, TextTerm
 from tests.conftest import SAMPLES, build
 
 
@@ -34,7 +35,7 @@ def stored(collection: Collection) -> tuple[np.ndarray, np.ndarray]:
 def test_each_image_queried_by_id_comes_back_first(engine: SearchEngine) -> None:
     ids, _ = stored(engine.collection)
     for image_id in ids:
-        page = engine.search(engine.query_vector([Term("image_id", int(image_id))]), k=3)
+        page = engine.search(engine.query_vector([IdTerm(image_id=int(image_id))]), k=3)
         assert page.hits[0].record.id == image_id
         assert page.hits[0].score >= 0.99
 
@@ -54,13 +55,13 @@ def test_faiss_top_k_equals_brute_force(engine: SearchEngine, encoder: Encoder) 
 
 def test_uploaded_image_finds_its_indexed_twin(engine: SearchEngine) -> None:
     data = (SAMPLES / "sailing-boat.jpg").read_bytes()
-    page = engine.search(engine.query_vector([Term("image_bytes", data)]), k=1)
+    page = engine.search(engine.query_vector([ImageTerm(image_b64=data)]), k=1)
     assert page.hits[0].record.path == "sailing-boat.jpg"
     assert page.hits[0].score > 0.999
 
 
 def test_pages_are_disjoint_and_add_up_to_the_top(engine: SearchEngine) -> None:
-    query = engine.query_vector([Term("text", "a picture")])
+    query = engine.query_vector([TextTerm(text="a picture")])
     top = [h.record.id for h in engine.search(query, k=8).hits]
     first = [h.record.id for h in engine.search(query, k=4).hits]
     second = [h.record.id for h in engine.search(query, k=4, offset=4).hits]
@@ -69,7 +70,7 @@ def test_pages_are_disjoint_and_add_up_to_the_top(engine: SearchEngine) -> None:
 
 
 def test_min_score_cuts_the_list(engine: SearchEngine) -> None:
-    query = engine.query_vector([Term("text", "a picture")])
+    query = engine.query_vector([TextTerm(text="a picture")])
     assert engine.search(query, k=12, min_score=2.0).hits == []
     all_hits = engine.search(query, k=12).hits
     middle = all_hits[5].score
@@ -79,26 +80,22 @@ def test_min_score_cuts_the_list(engine: SearchEngine) -> None:
 
 def test_negative_terms_push_results_away(engine: SearchEngine) -> None:
     ids, _ = stored(engine.collection)
-    plain = engine.query_vector([Term("image_id", int(ids[0]))])
+    plain = engine.query_vector([IdTerm(image_id=int(ids[0]))])
     pushed = engine.query_vector(
-        [Term("image_id", int(ids[0]))], [Term("image_id", int(ids[0]), 0.9)]
+        [IdTerm(image_id=int(ids[0]))], [IdTerm(image_id=int(ids[0]), weight=0.9)]
     )
     own = engine.image(int(ids[0])).vector
     assert np.dot(pushed, own) < np.dot(plain, own)
     with pytest.raises(BadRequest, match="cancel"):
-        engine.query_vector([Term("text", "x")], [Term("text", "x")])
+        engine.query_vector([TextTerm(text="x")], [TextTerm(text="x")])
 
 
 def test_bad_queries(engine: SearchEngine) -> None:
-    query = engine.query_vector([Term("text", "x")])
-    with pytest.raises(BadRequest):
-        engine.search(query, k=0)
-    with pytest.raises(BadRequest):
-        engine.search(query, k=1001)
-    with pytest.raises(BadRequest):
-        engine.query_vector([Term("text", "x" * 1001)])
+    for fields in ({"text": "x", "k": 0}, {"text": "x", "k": 1001}, {"text": "x" * 1001}):
+        with pytest.raises(BadRequest):
+            SearchRequest.parse(fields)
     with pytest.raises(NotFound):
-        engine.query_vector([Term("image_id", 999_999)])
+        engine.query_vector([IdTerm(image_id=999_999)])
 
 
 def test_filters_keep_exact_results_and_never_return_fewer_than_exist(
@@ -110,7 +107,7 @@ def test_filters_keep_exact_results_and_never_return_fewer_than_exist(
         for image in SAMPLES.glob("*.jpg"):
             shutil.copy2(image, photos / folder / f"{folder}-{image.name}")
     engine = SearchEngine(build(tmp_path / "data", photos, encoder), encoder)
-    query = engine.query_vector([Term("text", "anything")])
+    query = engine.query_vector([TextTerm(text="anything")])
 
     beta = engine.search(query, k=100, filters=Filters.parse({"folder": "beta"})).hits
     assert len(beta) == 8 and all(h.record.path.startswith("beta/") for h in beta)

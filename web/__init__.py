@@ -9,17 +9,19 @@ from typing import Any
 
 from flask import Flask, current_app, jsonify, request
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from search.collection import Collection, default_data_dir
 from search.engine import SearchEngine
-from search.errors import ClipsearchError, NotFound
+from search.errors import ClipsearchError, NotFound, TooLarge
+from search.request import MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "DEVICE": "auto",
-    "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,  # uploads; larger bodies get 413
+    # The largest image, base64-encoded in JSON, and the rest of the request; larger bodies: 413
+    "MAX_CONTENT_LENGTH": 4 * (MAX_UPLOAD_BYTES // 3 + 1) + 64 * 1024,
     "THUMBNAIL_MAX_AGE": 24 * 3600,
     "CORS_ORIGINS": [],  # origins whose pages may call /api/*, e.g. a shop's front end; "*": any
 }
@@ -58,14 +60,20 @@ def get_engine() -> SearchEngine:
     return engine
 
 
+def error_status(exc: ClipsearchError) -> int:
+    return 404 if isinstance(exc, NotFound) else 413 if isinstance(exc, TooLarge) else 400
+
+
 def _clipsearch_error(exc: ClipsearchError) -> Any:
-    return jsonify(error=str(exc)), 404 if isinstance(exc, NotFound) else 400
+    return jsonify(error=str(exc)), error_status(exc)
 
 
 def _http_error(exc: HTTPException) -> Any:
     messages = {413: "request body too large"}
-    message = messages.get(exc.code or 500, exc.description or exc.name)
-    return jsonify(error=message), exc.code
+    response = jsonify(error=messages.get(exc.code or 500, exc.description or exc.name))
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response, exc.code
 
 
 def _unexpected_error(exc: Exception) -> Any:

@@ -17,7 +17,7 @@ api = Blueprint("api", __name__, url_prefix="/api")
 @api.route("/search", methods=["GET", "POST"])
 def search() -> Any:
     engine = get_engine()
-    page = engine.query(**vars(parse_search(request)))
+    page = engine.query(parse_search(request))
     return jsonify(page.to_json(engine.collection.spec.name))
 
 

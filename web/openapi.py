@@ -1,73 +1,103 @@
-"""The OpenAPI 3.1 description of the JSON API, served at /api/openapi.json for shop developers
-and client generators. Limits come from the code that enforces them."""
+"""The OpenAPI 3.1 description of every route, served at /api/openapi.json for shop developers,
+client generators and schema-driven fuzzers.
+
+Generated, not written: request schemas come from the models the server validates with
+(`search.request`), so a limit changed there is changed here; the response models below are
+checked against real responses by the schemathesis test.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from search.engine import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS, MAX_TERMS
-from web.params import DEFAULT_K
+from pydantic import BaseModel, Field
 
-_ERROR = {
-    "description": "",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-}
+from search.filters import filters_schema
+from search.request import FLAT_FIELDS, MAX_IMAGE_ID, SearchRequest
 
-
-def _error(description: str) -> dict[str, Any]:
-    return {**_ERROR, "description": description}
+REF = "#/components/schemas/{model}"
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "schema": schema, "description": description}
+class Error(BaseModel):
+    error: str
 
 
-FILTERS = [
-    _query("folder", {"type": "string"}, "Path prefix relative to the indexed folder."),
-    _query("ext", {"type": "string"}, "Extensions, comma-separated: jpg,png."),
-    _query("date_from", {"type": "string", "format": "date"}, "EXIF capture date, else file date."),
-    _query("date_to", {"type": "string", "format": "date"}, "Inclusive."),
-]
+class Result(BaseModel):
+    id: int
+    path: str = Field(description="Relative to its indexed folder.")
+    url: str
+    thumbnail_url: str
+    score: float = Field(description="Cosine similarity.")
+    width: int
+    height: int
+    attributes: dict[str, Any]
 
-TERM = {
-    "oneOf": [
-        {"type": "string", "description": "A text."},
-        {
-            "type": "object",
-            "properties": {
-                "text": {"type": "string"},
-                "image_id": {"type": "integer"},
-                "image_b64": {"type": "string", "contentEncoding": "base64"},
-                "embedding": {"type": "array", "items": {"type": "number"}},
-                "weight": {"type": "number", "default": 1.0},
-            },
-        },
-    ]
-}
+
+class Results(BaseModel):
+    results: list[Result] = Field(description="In descending score order.")
+    count: int
+    k: int
+    offset: int
+    took_ms: float
+    model: str
+
+
+class ImageInfo(BaseModel):
+    id: int
+    path: str
+    url: str
+    thumbnail_url: str
+    width: int
+    height: int
+    size: int
+    ext: str
+    taken_at: str = Field(description="EXIF capture time, else file time (ISO 8601).")
+    sha256: str
+    attributes: dict[str, Any]
+
+
+class IndexInfo(BaseModel):
+    type: str
+    vectors: int
+
+
+class Stats(BaseModel):
+    images: int
+    failed: int
+    model: str
+    embed_dim: int
+    index: IndexInfo
+
+
+class ValueChoices(BaseModel):
+    values: list[str]
+
+
+class NumberRange(BaseModel):
+    min: float
+    max: float
+
+
+class Facets(BaseModel):
+    folders: list[str]
+    extensions: list[str]
+    date_from: str | None
+    date_to: str | None
+    attributes: dict[str, ValueChoices | NumberRange]
+
+
+class Health(BaseModel):
+    status: str
+    images: int
 
 
 def document(version: str) -> dict[str, Any]:
-    page_params = [
-        _query(
-            "k",
-            {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K},
-            "Results per page.",
-        ),
-        _query(
-            "offset",
-            {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
-            "Results to skip.",
-        ),
-        _query("min_score", {"type": "number"}, "Leave out results below this cosine."),
-        _query(
-            "include_query", {"type": "boolean", "default": False}, "Keep the query's own images."
-        ),
-        _query(
-            "collapse",
-            {"oneOf": [{"type": "boolean"}, {"type": "number"}]},
-            "One of each group of near-duplicates (true: cosine 0.95).",
-        ),
-    ]
+    request = SearchRequest.model_json_schema(ref_template=REF)
+    schemas = {**request.pop("$defs", {}), "SearchRequest": request}
+    for model in (Error, Results, ImageInfo, Stats, Facets, Health):
+        schema = model.model_json_schema(ref_template=REF)
+        schemas.update(schema.pop("$defs", {}), **{model.__name__: schema})
+    query = _query_parameters(request)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -77,169 +107,142 @@ def document(version: str) -> dict[str, Any]:
         },
         "paths": {
             "/api/search": {
-                "get": {
-                    "summary": "Search by text (syntax: cat + 2:grass - dog) or by image id",
-                    "parameters": [
-                        _query(
-                            "q",
-                            {"type": "string", "maxLength": MAX_QUERY_CHARS},
-                            "Query text, with + / - terms and N: weights.",
-                        ),
-                        _query("image_id", {"type": "integer"}, "More like this indexed image."),
-                        *page_params,
-                        *FILTERS,
-                        _query(
-                            "attr_{name}",
-                            {"type": "string"},
-                            "Equality on a catalog attribute; attr_{name}_min and _max: ranges.",
-                        ),
-                    ],
-                    "responses": {
-                        "200": _results(),
-                        "400": _error("Bad parameter"),
-                        "404": _error("Unknown image id"),
-                    },
-                },
-                "post": {
-                    "summary": "Search by any mix of texts, images, ids and embeddings",
-                    "requestBody": {
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/SearchRequest"}
-                            },
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "image": {"type": "string", "format": "binary"},
-                                        "q": {"type": "string"},
-                                        "k": {"type": "integer"},
-                                    },
-                                }
-                            },
-                        }
-                    },
-                    "responses": {
-                        "200": _results(),
-                        "400": _error("Bad body"),
-                        "404": _error("Unknown image id"),
-                        "413": _error("Body too large"),
-                    },
-                },
+                "get": _search_get(query),
+                "post": _search_post(request),
             },
-            "/api/images/{id}": {
-                "get": {
-                    "summary": "An image's metadata",
-                    "parameters": [
-                        {
-                            "name": "id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
-                    "responses": {
-                        "200": {"description": "Metadata"},
-                        "404": _error("Unknown image id"),
-                    },
-                }
-            },
-            "/api/stats": {
-                "get": {
-                    "summary": "Counts, model and index type",
-                    "responses": {"200": {"description": "Stats"}},
-                }
-            },
-            "/api/facets": {
-                "get": {
-                    "summary": "Folders, extensions, dates and attributes to filter by",
-                    "responses": {"200": {"description": "Facets"}},
-                }
-            },
-            "/images/{id}": {
-                "get": {
-                    "summary": "The original file",
-                    "responses": {
-                        "200": {"description": "The image"},
-                        "404": _error("Unknown or changed"),
-                    },
-                }
-            },
-            "/thumbs/{id}": {
-                "get": {
-                    "summary": "A JPEG thumbnail, about 256 px",
-                    "responses": {
-                        "200": {"description": "The thumbnail"},
-                        "404": _error("Unknown or changed"),
-                    },
-                }
-            },
+            "/api/images/{id}": _by_id("An image's metadata", _json("ImageInfo")),
+            "/images/{id}": _by_id("The original file", _binary("image/*")),
+            "/thumbs/{id}": _by_id("A JPEG thumbnail, about 256 px", _binary("image/jpeg")),
+            "/api/stats": _simple("Counts, model and index type", _json("Stats")),
+            "/api/facets": _simple("What the filters can choose from", _json("Facets")),
+            "/api/openapi.json": _simple("This document", _json_object()),
+            "/healthz": _simple("Liveness, and the number of images searched", _json("Health")),
+            "/": {"get": _page(query)},
+            "/static/{filename}": _static(),
         },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}},
-                    "required": ["error"],
-                },
-                "SearchRequest": {
-                    "type": "object",
-                    "properties": {
-                        "q": {"type": "string", "description": "Query syntax, as in GET."},
-                        "text": {"type": "string", "maxLength": MAX_QUERY_CHARS},
-                        "image_id": {"type": "integer"},
-                        "image_b64": {"type": "string", "contentEncoding": "base64"},
-                        "embedding": {"type": "array", "items": {"type": "number"}},
-                        "positive": {"type": "array", "items": TERM, "maxItems": MAX_TERMS},
-                        "negative": {"type": "array", "items": TERM, "maxItems": MAX_TERMS},
-                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                        "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
-                        "min_score": {"type": "number"},
-                        "include_query": {"type": "boolean"},
-                        "collapse": {"oneOf": [{"type": "boolean"}, {"type": "number"}]},
-                        "filters": {
-                            "type": "object",
-                            "additionalProperties": {"type": ["string", "number"]},
-                        },
-                    },
-                },
-                "Result": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "integer"},
-                        "path": {"type": "string"},
-                        "url": {"type": "string"},
-                        "thumbnail_url": {"type": "string"},
-                        "score": {"type": "number", "description": "Cosine similarity."},
-                        "width": {"type": "integer"},
-                        "height": {"type": "integer"},
-                        "attributes": {"type": "object"},
-                    },
-                },
-            }
-        },
+        "components": {"schemas": schemas},
     }
 
 
-def _results() -> dict[str, Any]:
+def _query_parameters(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The query string's fields: the flat ones of the request model, each filter, and the
+    catalog attribute filters as one exploded object (OpenAPI's way to say `attr_*`)."""
+    fields = request["properties"]
+    params = [_parameter(name, _not_null(fields[name])) for name in FLAT_FIELDS]
+    filters = filters_schema()
+    params += [_parameter(name, schema) for name, schema in filters["properties"].items()]
+    attributes = {
+        "type": "object",
+        "patternProperties": filters["patternProperties"],
+        "additionalProperties": False,
+    }
+    params.append({**_parameter("attributes", attributes), "style": "form", "explode": True})
+    return params
+
+
+def _parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    description = schema.get("description", "")
+    schema = {key: value for key, value in schema.items() if key not in ("description", "title")}
+    return {"name": name, "in": "query", "schema": schema, "description": description}
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent rather than null."""
+    options = [option for option in schema.get("anyOf", []) if option.get("type") != "null"]
+    if len(options) == 1:
+        rest = {key: value for key, value in schema.items() if key not in ("anyOf", "default")}
+        return {**options[0], **rest}
+    return schema
+
+
+def _search_get(query: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "description": "Results in descending score",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "results": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/Result"},
-                        },
-                        "count": {"type": "integer"},
-                        "k": {"type": "integer"},
-                        "offset": {"type": "integer"},
-                        "took_ms": {"type": "number"},
-                        "model": {"type": "string"},
-                    },
-                }
-            }
+        "summary": "Search by text (syntax: cat + 2:grass - dog) or by image id",
+        "parameters": query,
+        "responses": {
+            "200": _json("Results"),
+            "400": _json("Error", "Bad parameter, or no query"),
+            "404": _json("Error", "Unknown image id"),
         },
     }
+
+
+def _search_post(request: dict[str, Any]) -> dict[str, Any]:
+    form = {
+        "type": "object",
+        "properties": {
+            "image": {"type": "string", "format": "binary"},
+            **{name: _not_null(request["properties"][name]) for name in FLAT_FIELDS},
+            **filters_schema()["properties"],
+        },
+        "patternProperties": filters_schema()["patternProperties"],
+        "additionalProperties": False,
+    }
+    return {
+        "summary": "Search by any mix of texts, images, ids and embeddings",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(model="SearchRequest")}},
+                "multipart/form-data": {"schema": form},
+            },
+        },
+        "responses": {
+            "200": _json("Results"),
+            "400": _json("Error", "Bad body, or an image that cannot be decoded"),
+            "404": _json("Error", "Unknown image id"),
+            "413": _json("Error", "Body too large"),
+        },
+    }
+
+
+def _by_id(summary: str, found: dict[str, Any]) -> dict[str, Any]:
+    identifier = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_ID},
+    }
+    responses = {"200": found, "404": _json("Error", "No such image, or its file changed")}
+    return {"get": {"summary": summary, "parameters": [identifier], "responses": responses}}
+
+
+def _simple(summary: str, found: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": found}}}
+
+
+def _page(query: list[dict[str, Any]]) -> dict[str, Any]:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "summary": "The search page; with a query, its first results rendered on the server",
+        "parameters": query,
+        "responses": {
+            code: {"description": text, "content": html}
+            for code, text in (("200", "The page"), ("400", "Bad query"), ("404", "No image"))
+        },
+    }
+
+
+def _static() -> dict[str, Any]:
+    name = {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+    assets = {kind: {"schema": {"type": "string"}} for kind in ("text/css", "text/javascript")}
+    assets["image/svg+xml"] = {"schema": {"type": "string"}}
+    responses = {
+        "200": {"description": "The page's script, style sheet or icon", "content": assets},
+        "404": _json("Error", "No such file"),
+    }
+    return {"get": {"summary": "The page's assets", "parameters": [name], "responses": responses}}
+
+
+def _json(model: str, description: str = "OK") -> dict[str, Any]:
+    schema = {"$ref": REF.format(model=model)}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _json_object() -> dict[str, Any]:
+    return {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _binary(media: str) -> dict[str, Any]:
+    content = {media: {"schema": {"type": "string", "format": "binary"}}}
+    return {"description": "The file", "content": content}

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from search.errors import ClipsearchError, NotFound
-from web import get_engine
+from search.errors import ClipsearchError
+from web import error_status, get_engine
 from web.params import parse_search
 
 pages = Blueprint("pages", __name__)
@@ -20,10 +20,10 @@ def index() -> Any:
     status = 200
     if request.args.get("q") or request.args.get("image_id"):
         try:
-            page = engine.query(**vars(parse_search(request)))
+            page = engine.query(parse_search(request))
         except ClipsearchError as exc:
             error = str(exc)
-            status = 404 if isinstance(exc, NotFound) else 400
+            status = error_status(exc)
     html = render_template(
         "index.html",
         query=request.args.get("q", ""),

@@ -1,0 +1,93 @@
+"""Decoding untrusted bytes in a child process whose memory and CPU time are capped, so that no
+file or upload can take the calling process down.
+
+Pillow's own checks refuse the bombs they know; this bounds the ones nobody knows yet (a decoder
+bug, a format quirk). The children are forked from a small server process that has imported only
+the imaging code, not torch: they start in milliseconds and their address space is their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from search.errors import ImageError
+
+DECODE_MEMORY = 3 << 30  # bytes a decode may map beyond what the child starts with
+DECODE_SECONDS = 20  # CPU seconds a decode may take; a 150 MP PNG takes about 3
+CONCURRENT_DECODES = 4  # children at once: together at most 4 x DECODE_MEMORY
+
+processes = multiprocessing.get_context("forkserver")
+# "__main__" too: else every child would import the program's main module again.
+processes.set_forkserver_preload(["__main__", "search.imaging"])
+_slots = threading.BoundedSemaphore(CONCURRENT_DECODES)
+T = TypeVar("T")
+
+
+def limit_resources(memory: int = DECODE_MEMORY, cpu_seconds: int | None = None) -> None:
+    """Called in a child: cap its address space at what it has mapped now plus `memory` (an
+    allocation past it fails with MemoryError), and its CPU time (past it, SIGXCPU ends it)."""
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))
+    if cpu_seconds:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+
+
+def run_bounded(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a fresh child with capped memory and time; its ImageError is raised
+    here, and a child that dies or overruns becomes an ImageError too."""
+    with _slots:
+        receive, send = processes.Pipe(duplex=False)
+        child = processes.Process(target=_child, args=(send, function, args), daemon=True)
+        child.start()
+        send.close()
+        try:
+            ok, value = _answer(child, receive)
+        finally:
+            receive.close()
+            if child.is_alive():
+                child.kill()
+            child.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _answer(child: Any, receive: Connection) -> tuple[bool, Any]:
+    # The CPU limit stops a busy child; the wall-clock bound stops one that sleeps or waits.
+    if not receive.poll(DECODE_SECONDS * 2):
+        child.kill()
+        raise ImageError("the decoder took too long")
+    try:
+        return receive.recv()
+    except EOFError:
+        child.join()
+        raise ImageError(f"the decoder crashed ({describe_exit(child.exitcode)})") from None
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        if -exitcode == signal.SIGXCPU:
+            return "over its CPU time limit"
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
+
+
+def _child(send: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    limit_resources(cpu_seconds=DECODE_SECONDS)
+    try:
+        result: tuple[bool, Any] = (True, function(*args))
+    except ImageError as exc:
+        result = (False, exc)
+    except MemoryError:
+        result = (False, ImageError("cannot decode image (over the decoder's memory limit)"))
+    send.send(result)
