@@ -4,6 +4,7 @@ ones that cannot be used."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from indexer.catalog_file import read_catalog
 from indexer.scan import FoundFile, Unreadable, scan
 from search.catalog import Failure, ImageRecord
 from search.collection import Collection
-from search.errors import ClipsearchError, ImageError
+from search.errors import ClipsearchError, ImageError, StorageError
 from search.imaging import DEFAULT_MAX_PIXELS, decode_for_model
 from search.sandbox import run_bounded
 from search.vectors import VectorIndex
@@ -167,15 +168,22 @@ class _Run:
                 self._encode(todo)
             self._record_unreadable(self.sources.unreadable)
             self._remove_missing(self.sources.present)
-        finally:
-            collection = self.indexer.collection
-            if (
-                self.generation != first_generation
-                or not collection.vectors_path(self.generation).exists()
-            ):
-                self.vectors = collection.save_vectors(self.vectors, self.generation)
-            self.summary.seconds = time.perf_counter() - started
+        except BaseException:
+            # What was committed stays; its index is derived data, saved if the disk allows.
+            with contextlib.suppress(StorageError):
+                self._save_vectors(first_generation)
+            raise
+        self._save_vectors(first_generation)
+        self.summary.seconds = time.perf_counter() - started
         return self.summary
+
+    def _save_vectors(self, first_generation: int) -> None:
+        collection = self.indexer.collection
+        if (
+            self.generation != first_generation
+            or not collection.vectors_path(self.generation).exists()
+        ):
+            self.vectors = collection.save_vectors(self.vectors, self.generation)
 
     def _encode(self, todo: list[FoundFile]) -> None:
         from indexer.pipeline import load_batches

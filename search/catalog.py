@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import (
@@ -27,6 +28,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -35,6 +37,8 @@ from sqlalchemy.orm import (
     relationship,
     sessionmaker,
 )
+
+from search.errors import ClipsearchError, CollectionError, StorageError
 
 
 class Base(DeclarativeBase):
@@ -116,11 +120,38 @@ GENERATION = "generation"
 class Catalog:
     """One SQLite file and the session factory every reader and writer uses."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
-        self.engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_only = read_only
+        url = _read_only_url(path) if read_only else f"sqlite:///{path}"
+        self.engine = create_engine(url, connect_args={"timeout": 30})
+        if not read_only:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def sessions(self) -> Iterator[Session]:
+        """A session; SQLite's failures (a damaged file, a full disk) leave as one clear line."""
+        try:
+            with self._sessions() as session:
+                yield session
+        except DatabaseError as exc:
+            raise self._clear(exc) or exc from None
+
+    def _clear(self, exc: DatabaseError) -> ClipsearchError | None:
+        text = str(exc.orig)
+        if "full" in text:
+            return StorageError(f"no space left on device while writing {self.path}")
+        if "readonly" in text:
+            return StorageError(f"cannot write {self.path}: it is read-only")
+        if "malformed" in text or "not a database" in text:
+            return CollectionError(
+                f"the catalog {self.path} is damaged ({text}): restore it from a backup, "
+                "or index into a new --data-dir"
+            )
+        if isinstance(exc, OperationalError) and "locked" not in text:
+            return CollectionError(f"cannot use the catalog {self.path}: {text}")
+        return None
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -166,6 +197,14 @@ class Catalog:
                 "failed": session.scalar(select(func.count(Failure.id))) or 0,
                 "roots": session.scalar(select(func.count(Root.id))) or 0,
             }
+
+
+def _read_only_url(path: Path) -> str:
+    """A catalog on a read-only directory: no WAL side files can be made there, so it is opened
+    immutable (nobody can be writing it), unless a WAL left by a writer must still be read."""
+    wal = path.with_name(path.name + "-wal")
+    immutable = "" if wal.exists() and wal.stat().st_size else "&immutable=1"
+    return f"sqlite:///file:{quote(str(path))}?mode=ro{immutable}&uri=true"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -6,20 +6,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from search.catalog import Catalog, Failure
-from search.errors import CollectionError
+from search.errors import CollectionError, StorageError
 from search.spec import ModelSpec
+from search.storage import writing
 from search.vectors import VectorIndex
 
 if TYPE_CHECKING:
     from search.model import Encoder
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,7 +44,9 @@ class Collection:
     def __init__(self, root: Path, spec: ModelSpec) -> None:
         self.root = root
         self.spec = spec
-        self.catalog = Catalog(root / CATALOG)
+        # A read-only mount, a replica, another user's collection: searched, never written.
+        self.read_only = root.exists() and not os.access(root, os.W_OK)
+        self.catalog = Catalog(root / CATALOG, read_only=self.read_only)
         self.thumbnails = root / THUMBNAILS
 
     @classmethod
@@ -51,31 +57,42 @@ class Collection:
                 f"no collection in {data_dir}: run 'clipsearch index FOLDER' first, "
                 "or point --data-dir (or $CLIPSEARCH_DATA_DIR) at one"
             )
-        return cls(data_dir, ModelSpec.from_json(manifest["model"]))
+        collection = cls(data_dir, ModelSpec.from_json(manifest["model"]))
+        collection.catalog.generation()  # a damaged catalog says so now, in one line
+        return collection
 
     @classmethod
     def create_or_open(cls, data_dir: Path, spec: ModelSpec | None) -> Collection:
         """Open the collection for indexing; a new one is made with `spec` (or the default)."""
         if _read_manifest(data_dir) is not None:
             collection = cls.open(data_dir)
-            if spec is not None and not spec.same_model(collection.spec):
+            if spec is None or spec.same_model(collection.spec):
+                return collection
+            if collection.catalog.counts()["images"]:
                 raise CollectionError(
                     f"the collection in {data_dir} was built with {collection.spec.describe()}; "
                     f"it will not mix in vectors of {spec.describe()}. Index into another "
                     "--data-dir, or leave out --model/--pretrained to use the collection's model"
                 )
-            return collection
+            # Nothing encoded yet (a first run that failed to get its weights): free to change.
+            for stale in data_dir.glob("vectors-*.faiss"):
+                stale.unlink()
+            log.info("the empty collection in %s now uses %s", data_dir, spec.describe())
+            return cls._write_manifest(data_dir, spec)
         spec = spec or ModelSpec.from_args(None, None)
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CollectionError(f"cannot create {data_dir}: {exc.strerror}") from exc
-        collection = cls(data_dir, spec)
-        collection.catalog.create_schema()
+        Catalog(data_dir / CATALOG).create_schema()
+        return cls._write_manifest(data_dir, spec)
+
+    @classmethod
+    def _write_manifest(cls, data_dir: Path, spec: ModelSpec) -> Collection:
         _write_json_atomic(
             data_dir / MANIFEST, {"schema_version": SCHEMA_VERSION, "model": spec.to_json()}
         )
-        return collection
+        return cls(data_dir, spec)
 
     def stats(self, vectors: VectorIndex | None = None) -> dict[str, Any]:
         """What `clipsearch stats` and /api/stats show; needs no model, so it works offline.
@@ -83,7 +100,7 @@ class Collection:
         counts = self.catalog.counts()
         path = self.vectors_path(self.catalog.generation())
         if vectors is None and path.exists():
-            vectors = VectorIndex.mapped(path)
+            vectors = self._readable(path, VectorIndex.mapped)
         index = (
             {"type": vectors.kind, "vectors": len(vectors)}
             if vectors is not None
@@ -120,10 +137,26 @@ class Collection:
         one is missing or stale (after a crash, or while an indexer runs)."""
         generation = self.catalog.generation()
         path = self.vectors_path(generation)
-        if path.exists():
-            return VectorIndex.load(path), generation
+        if path.exists() and (index := self._readable(path, VectorIndex.load)):
+            return index, generation
         generation, ids, vectors = self.catalog.snapshot_vectors()
-        return VectorIndex.build(self.spec.embed_dim, ids, vectors), generation
+        index = VectorIndex.build(self.spec.embed_dim, ids, vectors)
+        if not self.read_only and not self.writer_active():
+            with contextlib.suppress(StorageError):  # derived data: next time, then
+                index = self.save_vectors(index, generation)
+        return index, generation
+
+    def _readable(self, path: Path, read: Callable[[Path], VectorIndex]) -> VectorIndex | None:
+        """A saved index is derived data: one that cannot be read is rebuilt, not an error."""
+        try:
+            index = read(path)
+        except (RuntimeError, OSError, MemoryError) as exc:
+            log.warning("%s is unreadable (%s); rebuilding it from the catalog", path, exc)
+            return None
+        if index.dim != self.spec.embed_dim:
+            log.warning("%s holds %d-d vectors; rebuilding it from the catalog", path, index.dim)
+            return None
+        return index
 
     def save_vectors(self, index: VectorIndex, generation: int) -> VectorIndex:
         """Save, first rebuilding the index if the collection has outgrown its type; returns
@@ -139,7 +172,9 @@ class Collection:
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """Only one indexer may write a collection at a time."""
-        with open(self.root / WRITER_LOCK, "a") as handle:
+        with writing(f"taking the writer lock of {self.root}"):
+            handle = open(self.root / WRITER_LOCK, "a")  # noqa: SIM115 (closed below)
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
@@ -157,7 +192,7 @@ class Collection:
                 return False
         except CollectionError:
             return True
-        except OSError:  # a read-only collection: nobody can be writing it
+        except StorageError:  # a read-only collection: nobody can be writing it
             return False
 
 
@@ -180,5 +215,6 @@ def _read_manifest(data_dir: Path) -> dict[str, Any] | None:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with writing(f"writing {path}", tmp):
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)

@@ -17,6 +17,10 @@ class BadRequest(ClipsearchError):
     """A query or parameter that cannot be answered as given."""
 
 
+class NoQuery(BadRequest):
+    """A request with nothing to search for: a page without a query yet."""
+
+
 class TooLarge(BadRequest):
     """An upload over the size limit."""
 
@@ -27,3 +31,7 @@ class NotFound(ClipsearchError):
 
 class ImageError(ClipsearchError):
     """A file or upload that cannot be used as an image."""
+
+
+class StorageError(ClipsearchError):
+    """The collection's directory cannot be written: a full disk, a read-only mount."""

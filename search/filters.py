@@ -21,6 +21,7 @@ _ATTR = re.compile(r"^attr_(?P<name>[A-Za-z0-9_.-]+?)(?:_(?P<bound>min|max))?$")
 _ATTR_KEY = "^attr_[A-Za-z0-9_.-]+$"  # _ATTR, as JSON Schema (ECMA regex) says it
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 FILTER_KEYS = ("folder", "ext", "date_from", "date_to")
+MAX_FILTER_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,20 @@ def is_filter_key(key: str) -> bool:
 
 def filters_schema() -> dict[str, Any]:
     """The JSON Schema of a filters object (and of the filter query parameters)."""
-    text = {"type": "string", "maxLength": 1000}
+    text = {"type": "string", "maxLength": MAX_FILTER_CHARS}
+    day = {"type": "string", "anyOf": [{"format": "date"}, {"maxLength": 0}]}  # forms send ""
     return {
         "type": "object",
         "properties": {
             "folder": {**text, "description": "Path prefix relative to the indexed folder."},
             "ext": {**text, "description": "Extensions, comma-separated: jpg,png."},
-            "date_from": {"type": "string", "format": "date", "description": "Inclusive."},
-            "date_to": {"type": "string", "format": "date", "description": "Inclusive."},
+            "date_from": {**day, "description": "Inclusive; empty: no limit."},
+            "date_to": {**day, "description": "Inclusive; empty: no limit."},
         },
         "patternProperties": {
             _ATTR_KEY: {
                 "type": ["string", "number"],
+                "maxLength": MAX_FILTER_CHARS,
                 "description": "attr_NAME: equality on a catalog attribute; attr_NAME_min, "
                 "attr_NAME_max: a numeric range.",
             }
@@ -147,6 +150,8 @@ def _text(values: Mapping[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise BadRequest(f"{key}: expected a string")
+    if len(value) > MAX_FILTER_CHARS:
+        raise BadRequest(f"{key}: at most {MAX_FILTER_CHARS} characters")
     return value
 
 

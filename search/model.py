@@ -113,7 +113,10 @@ def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Imag
         raise ModelError(
             f"cannot get the {spec.architecture} {spec.pretrained} weights: no network and none "
             "cached. Download them once on a machine with network access (they are cached under "
-            "~/.cache/huggingface), or pass a local checkpoint with --pretrained FILE"
+            "~/.cache/huggingface), or pass a local checkpoint: 'clipsearch index FOLDER "
+            f"--model {spec.architecture} --pretrained FILE.bin'. To try clipsearch offline "
+            "with random weights (meaningless results): 'clipsearch index FOLDER --model "
+            f"{spec.architecture} --pretrained none'"
         ) from exc
     return model, preprocess
 

@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     PlainValidator,
+    Strict,
     Tag,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from search.errors import BadRequest, TooLarge
+from search.errors import BadRequest, NoQuery, TooLarge
 from search.filters import Filters, filters_schema, is_filter_key
 from search.syntax import MAX_WEIGHT, parse_query
 
@@ -40,6 +45,7 @@ MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 MAX_EMBEDDING_DIM = 4096
 DUPLICATE_COSINE = 0.95  # resized, recompressed or burst copies of one photo score above this
 MAX_COLLAPSE_DEPTH = 2000  # offset + k with collapse: the pairwise check grows quadratically
+NO_QUERY = "give a query: q, text, image_id, image_b64, embedding or positive"
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 Text = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
@@ -136,7 +142,32 @@ Term = Annotated[
     ),
 ]
 Terms = Annotated[list[Text | Term], Field(max_length=MAX_TERMS)]
-Collapse = bool | Annotated[float, Field(gt=0, le=1)]
+
+
+def _form_bool(value: Any, info: ValidationInfo) -> Any:
+    """A query string or form says true or false in words; JSON with its own booleans."""
+    if info.mode == "python" and isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError("give true or false")
+        return value == "true"
+    return value
+
+
+def _form_collapse(value: Any, info: ValidationInfo) -> Any:
+    if info.mode == "python" and isinstance(value, str) and value not in ("true", "false"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("give true, false or a cosine") from None
+    return _form_bool(value, info)
+
+
+FormBool = Annotated[bool, BeforeValidator(_form_bool)]
+# A strict bool: in lax mode 0.0 would pass as false instead of failing as a cosine.
+Collapse = Annotated[
+    Annotated[bool, Strict()] | Annotated[float, Field(gt=0, le=1)],
+    BeforeValidator(_form_collapse),
+]
 
 
 class SearchRequest(BaseModel):
@@ -158,7 +189,9 @@ class SearchRequest(BaseModel):
     min_score: float | None = Field(
         None, allow_inf_nan=False, description="Leave out results below this cosine."
     )
-    include_query: bool = Field(False, description="Keep the query's own images in the results.")
+    include_query: FormBool = Field(
+        False, description="Keep the query's own images in the results."
+    )
     collapse: Collapse = Field(
         False,
         description=f"One of each group of near-duplicates: true (cosine {DUPLICATE_COSINE}) "
@@ -177,7 +210,7 @@ class SearchRequest(BaseModel):
     def _has_a_query(self) -> SearchRequest:
         positive, negative = self.terms()
         if not positive:
-            raise ValueError("give a query: q, text, image_id, image_b64, embedding or positive")
+            raise PydanticCustomError("no_query", NO_QUERY)
         if len(positive) + len(negative) > MAX_TERMS:
             raise ValueError(f"at most {MAX_TERMS} query terms")
         if self.collapse is not False and self.offset + self.k > MAX_COLLAPSE_DEPTH:
@@ -208,7 +241,7 @@ class SearchRequest(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise BadRequest(_first_error(exc)) from None
+            raise _bad_request(exc) from None
 
     @classmethod
     def from_json(cls, body: bytes) -> SearchRequest:
@@ -216,7 +249,7 @@ class SearchRequest(BaseModel):
         try:
             return cls.model_validate_json(body or b"null", strict=True)
         except ValidationError as exc:
-            raise BadRequest(_first_error(exc)) from None
+            raise _bad_request(exc) from None
 
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], upload: bytes | None = None) -> SearchRequest:
@@ -224,6 +257,8 @@ class SearchRequest(BaseModel):
         is one more positive term."""
         data: dict[str, Any] = {"filters": {}}
         for key, value in values.items():
+            if not isinstance(key, str):
+                raise BadRequest("a form field without a name")
             if is_filter_key(key):
                 data["filters"][key] = value
             elif key in FLAT_FIELDS:
@@ -239,8 +274,20 @@ class SearchRequest(BaseModel):
 FLAT_FIELDS = ("q", "text", "image_id", "k", "offset", "min_score", "include_query", "collapse")
 
 
+def _bad_request(exc: ValidationError) -> BadRequest:
+    if any(error["type"] == "no_query" for error in exc.errors()):
+        return NoQuery(NO_QUERY)
+    return BadRequest(_first_error(exc))
+
+
 def _first_error(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    """The deepest problem: of a union's failed branches, the one that got furthest (a term
+    that is not a string says why it is not a term)."""
+    errors = exc.errors(include_url=False)
+    error = max(errors, key=lambda e: (len(e["loc"]), e["type"] != "string_type"))
+    where = ".".join(str(part) for part in error["loc"] if not _INTERNAL.search(str(part)))
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
+
+
+_INTERNAL = re.compile(r"[\[-]")  # pydantic's names for union branches and validators

@@ -22,7 +22,7 @@ from search.errors import ImageError
 
 DECODE_MEMORY = 3 << 30  # bytes a decode may map beyond what the child starts with
 DECODE_SECONDS = 20  # CPU seconds a decode may take; a 150 MP PNG takes about 3
-CONCURRENT_DECODES = 4  # children at once: together at most 4 x DECODE_MEMORY
+CONCURRENT_DECODES = 2  # children at once (2 cores here): together at most 2 x DECODE_MEMORY
 
 processes = multiprocessing.get_context("forkserver")
 # "__main__" too: else every child would import the program's main module again.
@@ -41,12 +41,12 @@ def limit_resources(memory: int = DECODE_MEMORY, cpu_seconds: int | None = None)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
 
 
-def run_bounded(function: Callable[..., T], *args: Any) -> T:
+def run_bounded(function: Callable[..., T], *args: Any, memory: int = DECODE_MEMORY) -> T:
     """`function(*args)` in a fresh child with capped memory and time; its ImageError is raised
     here, and a child that dies or overruns becomes an ImageError too."""
     with _slots:
         receive, send = processes.Pipe(duplex=False)
-        child = processes.Process(target=_child, args=(send, function, args), daemon=True)
+        child = processes.Process(target=_child, args=(send, memory, function, args), daemon=True)
         child.start()
         send.close()
         try:
@@ -82,8 +82,10 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-def _child(send: Connection, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    limit_resources(cpu_seconds=DECODE_SECONDS)
+def _child(
+    send: Connection, memory: int, function: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
+    limit_resources(memory, cpu_seconds=DECODE_SECONDS)
     try:
         result: tuple[bool, Any] = (True, function(*args))
     except ImageError as exc:

@@ -22,6 +22,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from search.storage import writing
+
 log = logging.getLogger(__name__)
 
 ANN_THRESHOLD = 25_000  # exact search is ~3 ms here on 2 CPU cores; it grows linearly above
@@ -184,12 +186,13 @@ class VectorIndex:
 
     def save(self, path: Path) -> None:
         """Write atomically: readers see the old file or the new one, never a partial one."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with writing(f"saving the vector index {path}", tmp):
+            faiss.write_index(self.index, str(tmp))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
 
     @classmethod
     def mapped(cls, path: Path) -> VectorIndex:

@@ -3,11 +3,13 @@ real server. Nothing here needs the network, ../shared or a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip/huggingface_hub are imported
 
+import shlex
 import shutil
 import socket
 import subprocess
@@ -110,27 +112,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(indexed: Collection) -> Iterator[str]:
-    """`clipsearch serve` on 127.0.0.1, as a user starts it."""
+@contextlib.contextmanager
+def serving(data_dir: Path, *, inside: str = "") -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`clipsearch serve` on 127.0.0.1, as a user starts it; `inside` is a shell prelude it
+    runs after (a mount namespace's mounts), ending in `exec`."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clipsearch",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(indexed.root),
-            "--device",
-            "cpu",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [sys.executable, "-m", "clipsearch", "serve", "--port", str(port)]
+    command += ["--data-dir", str(data_dir), "--device", "cpu"]
+    if inside:
+        command = ["unshare", "-rm", "sh", "-c", f"{inside} {shlex.join(command)}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -143,7 +134,13 @@ def server(indexed: Collection) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"server did not start:\n{process.stdout.read()}")
             time.sleep(0.2)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(indexed: Collection) -> Iterator[str]:
+    with serving(indexed.root) as (base, _process):
+        yield base

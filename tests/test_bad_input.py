@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +17,7 @@ from search.catalog import ImageRecord
 from search.collection import Collection
 from search.model import Encoder
 from tests.conftest import TINY_ARGS, run_cli
-
-
-def huge_png_header(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels: decoding it would need gigabytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    pixels = zlib.compress(b"\x00" * (width + 1) * 4)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+from tests.hostile import huge_png_header
 
 
 def make_folder(folder: Path) -> None:

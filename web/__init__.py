@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from search.collection import Collection, default_data_dir
 from search.engine import SearchEngine
-from search.errors import ClipsearchError, NotFound, TooLarge
+from search.errors import BadRequest, ClipsearchError, ImageError, NotFound, TooLarge
 from search.request import MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,19 @@ def get_engine() -> SearchEngine:
 
 
 def error_status(exc: ClipsearchError) -> int:
-    return 404 if isinstance(exc, NotFound) else 413 if isinstance(exc, TooLarge) else 400
+    """Input errors are the client's (4xx); a damaged or full collection is the server's."""
+    if isinstance(exc, TooLarge):
+        return 413
+    if isinstance(exc, BadRequest | ImageError):
+        return 400
+    return 404 if isinstance(exc, NotFound) else 503
 
 
 def _clipsearch_error(exc: ClipsearchError) -> Any:
-    return jsonify(error=str(exc)), error_status(exc)
+    status = error_status(exc)
+    if status == 503:
+        log.error("%s %s: %s", request.method, request.path, exc)
+    return jsonify(error=str(exc)), status
 
 
 def _http_error(exc: HTTPException) -> Any:

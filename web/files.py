@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import mimetypes
 import os
 import threading
@@ -13,8 +16,10 @@ from flask import Blueprint, current_app, send_file
 from search.catalog import ImageRecord
 from search.errors import ImageError, NotFound
 from search.imaging import make_thumbnail
+from search.sandbox import run_bounded
 from web import get_engine
 
+log = logging.getLogger(__name__)
 files = Blueprint("files", __name__)
 
 
@@ -42,18 +47,27 @@ def original(image_id: int) -> Any:
 def thumbnail(image_id: int) -> Any:
     record, path = _indexed_file(image_id)
     cache = get_engine().collection.thumbnails / record.sha256[:2] / f"{record.sha256}.jpg"
-    if not cache.exists():
-        try:
-            data = make_thumbnail(path.read_bytes())
-        except (ImageError, OSError) as exc:
-            raise NotFound(f"no thumbnail for image {image_id}: {exc}") from None
+    headers = {"etag": record.sha256, "max_age": current_app.config["THUMBNAIL_MAX_AGE"]}
+    if cache.exists():
+        return send_file(cache, mimetype="image/jpeg", **headers)
+    try:
+        data = run_bounded(make_thumbnail, path.read_bytes())
+    except (ImageError, OSError) as exc:
+        raise NotFound(f"no thumbnail for image {image_id}: {exc}") from None
+    _keep(cache, data)
+    return send_file(io.BytesIO(data), mimetype="image/jpeg", **headers)
+
+
+def _keep(cache: Path, data: bytes) -> None:
+    """Cache a thumbnail if the disk allows; a read-only or full one only costs a re-render."""
+    if get_engine().collection.read_only:
+        return
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, cache)
-    return send_file(
-        cache,
-        mimetype="image/jpeg",
-        etag=record.sha256,
-        max_age=current_app.config["THUMBNAIL_MAX_AGE"],
-    )
+    except OSError as exc:
+        log.warning("thumbnail not cached (%s)", exc.strerror)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

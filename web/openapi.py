@@ -225,6 +225,7 @@ def _page(query: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _static() -> dict[str, Any]:
     name = {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+    name["example"] = "app.js"
     assets = {kind: {"schema": {"type": "string"}} for kind in ("text/css", "text/javascript")}
     assets["image/svg+xml"] = {"schema": {"type": "string"}}
     responses = {

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from search.errors import ClipsearchError
+from search.errors import ClipsearchError, NoQuery
 from web import error_status, get_engine
 from web.params import parse_search
 
@@ -18,9 +18,11 @@ def index() -> Any:
     engine = get_engine()
     page = error = None
     status = 200
-    if request.args.get("q") or request.args.get("image_id"):
+    if request.args:
         try:
             page = engine.query(parse_search(request))
+        except NoQuery:
+            pass  # the empty form: the page as it first appears
         except ClipsearchError as exc:
             error = str(exc)
             status = error_status(exc)
