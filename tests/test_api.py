@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
+from openapi_spec_validator import validate
 
 from indexer.sync import Indexer
 from search.collection import Collection
@@ -16,6 +19,14 @@ from search.engine import SearchEngine
 from search.model import Encoder
 from tests.conftest import SAMPLES, copy_samples
 from web import create_app
+
+# A schema states which requests are well formed, not every reason to refuse one: an image that
+# does not decode, terms that cancel out, a query with no terms (a rule across parameters)
+# answer 400 to schema-valid data, and an unknown id 404.
+SCHEMATHESIS_CONFIG = """
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "400", "404"]
+"""
 
 
 def get(server: str, path: str, **params: object) -> requests.Response:
@@ -230,3 +241,47 @@ def test_catalog_attributes_become_facets(tmp_path: Path, encoder: Encoder) -> N
     assert facets["attributes"]["price"] == {"min": 0, "max": 110}
     assert facets["attributes"]["category"] == {"values": ["blue", "red"]}
     assert "title" in facets["attributes"]  # 12 distinct titles: still few enough to list
+
+
+def test_no_input_makes_the_server_answer_5xx(server: str) -> None:
+    beyond = ("/api/images/9223372036854775808", "/images/9223372036854775808", "/api/images/0")
+    for path in (*beyond, "/thumbs/99999999999999999999"):
+        answer = requests.get(f"{server}{path}", timeout=30)
+        assert answer.status_code == 404 and "error" in answer.json(), path
+    url = f"{server}/api/search"
+    nameless = b"--XX\r\nContent-Disposition: form-data\r\n\r\nvalue\r\n--XX--\r\n"
+    form = {"Content-Type": "multipart/form-data; boundary=XX"}
+    cases = {
+        "a form field without a name": requests.post(url, data=nameless, headers=form),
+        "weight": requests.post(url, json={"positive": [{"text": "a", "weight": 1e38}]}),
+        "unknown parameter": requests.get(url, params={"q": "a", "colapse": "true"}),
+        "true or false": requests.get(url, params={"q": "a", "include_query": "0"}),
+        "exactly one of": requests.post(url, json={"positive": [{"text": "a", "image_id": 1}]}),
+    }
+    for expected, answer in cases.items():
+        assert answer.status_code == 400 and expected in answer.json()["error"], answer.text
+    deleted = requests.delete(url, timeout=30)
+    assert deleted.status_code == 405 and "error" in deleted.json()
+    assert {"GET", "POST"} <= set(deleted.headers["Allow"].replace(" ", "").split(","))
+
+
+def test_the_openapi_document_is_valid_and_a_schema_fuzzer_finds_nothing(
+    server: str, tmp_path: Path
+) -> None:
+    """schemathesis with every check against the live server, on a budget CI can afford
+    (the issue's 200 examples per operation run takes about a minute; see the README)."""
+    validate(get(server, "/api/openapi.json").json())
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG)
+    command = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config)]
+    command += ["run", f"{server}/api/openapi.json", "--checks", "all", "--max-examples", "25"]
+    command += ["--seed", "1", "--workers", "2", "--suppress-health-check", "all"]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "No issues found" in result.stdout
