@@ -52,7 +52,8 @@ def main() -> None:
         baseline.dtype = torch.float32
     rows = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        pixels = torch.randn(batch_size, 3, size, size)
+        # What decode workers hand over: uint8 pixels at the model's input size.
+        pixels = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8)
         if cuda:
             pixels = pixels.pin_memory()
         row = {
@@ -62,11 +63,11 @@ def main() -> None:
             "batch_size": batch_size,
             "dtype": str(encoder.dtype).removeprefix("torch."),
             "images_per_second": round(
-                images_per_second(encoder.encode_batch, pixels, args.seconds, sync), 1
+                images_per_second(encoder.encode_pixels, pixels, args.seconds, sync), 1
             ),
         }
         if baseline is not None:
-            fp32 = images_per_second(baseline.encode_batch, pixels, args.seconds, sync)
+            fp32 = images_per_second(baseline.encode_pixels, pixels, args.seconds, sync)
             row["fp32_images_per_second"] = round(fp32, 1)
             row["speedup"] = round(row["images_per_second"] / fp32, 2)
         rows.append(row)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import signal
 import sys
 import time
@@ -26,7 +27,9 @@ import numpy as np
 from indexer.scan import FoundFile
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, InputLayout, decode_for_model
-from search.sandbox import describe_exit, limit_resources, processes
+from search.sandbox import StderrCapture, describe_exit, limit_resources, processes
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 FILE_SECONDS = 60  # a worker that spends longer on one file is stopped, as if it had died
@@ -156,10 +159,11 @@ class _Pool:
             self.workers = [self._start() for _ in range(self.size)]
             while todo or any(worker.held for worker in self.workers):
                 self._feed(todo, files, 2 * chunk)
-                ready = set(wait([w.conn for w in self.workers], timeout=1.0))
+                wait([w.conn for w in self.workers], timeout=1.0)
                 for worker in list(self.workers):
-                    if worker.conn in ready:
-                        yield from self._receive(worker)
+                    # Drained before judging: while the encoder ran, a worker's results may
+                    # have waited in its pipe, and their arrival is what restarts its clock.
+                    yield from self._receive(worker)
                     if _overdue(worker) or not worker.process.is_alive():
                         yield from self._replace(worker, todo, files, retried)
         finally:
@@ -187,9 +191,11 @@ class _Pool:
     def _receive(self, worker: _Worker) -> Iterator[Loaded | Failed]:
         try:
             while worker.conn.poll():
-                _seq, item = worker.conn.recv()  # files come back in the order they were sent
+                _seq, item, noise = worker.conn.recv()  # in the order the files were sent
                 worker.held.popleft()
                 worker.since = time.monotonic()
+                if noise:
+                    log.debug("decoder output for %s: %s", item.file.path, noise)
                 yield item
         except (EOFError, OSError):
             pass  # it died: the next round finds it dead and replaces it
@@ -231,6 +237,7 @@ def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
     _die_with_parent()
     limit_resources()
+    stderr = StderrCapture()
     known, layout, max_pixels = setup
     while True:
         try:
@@ -238,7 +245,11 @@ def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> Non
         except (EOFError, OSError):
             return
         for seq, file in chunk:
-            conn.send((seq, load_file(file, known, layout, max_pixels)))
+            try:
+                item = load_file(file, known, layout, max_pixels)
+            except Exception as exc:  # a bug here must cost one file, not the run
+                item = Failed(file, f"cannot decode image ({type(exc).__name__})")
+            conn.send((seq, item, stderr.drain()))
 
 
 def _die_with_parent() -> None:

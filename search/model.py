@@ -156,8 +156,8 @@ class Encoder:
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.dim = spec.embed_dim
         self.layout, mean, std = _input_layout(self.model.visual.preprocess_cfg)
-        self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         log.info("model %s on %s (%s)", spec.describe(), self.device, self.dtype)
 
     @torch.inference_mode()
@@ -167,7 +167,7 @@ class Encoder:
         here, on the GPU when there is one."""
         pixels = torch.as_tensor(pixels).to(self.device, non_blocking=True)
         floats = pixels.permute(0, 3, 1, 2).float().div(255)
-        floats = ((floats - self._mean) / self._std).to(self.dtype)
+        floats = ((floats - self.mean) / self.std).to(self.dtype)
         return self._normalised(self.model.encode_image(floats))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -9,16 +9,20 @@ the imaging code, not torch: they start in milliseconds and their address space 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import resource
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from search.errors import ImageError
+
+log = logging.getLogger(__name__)
 
 DECODE_MEMORY = 3 << 30  # bytes a decode may map beyond what the child starts with
 DECODE_SECONDS = 20  # CPU seconds a decode may take; a 150 MP PNG takes about 3
@@ -39,6 +43,22 @@ def limit_resources(memory: int = DECODE_MEMORY, cpu_seconds: int | None = None)
     resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))
     if cpu_seconds:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+
+
+class StderrCapture:
+    """A child's file descriptor 2 sent to a file: C libraries (libtiff, libjpeg) print their
+    warnings there, below Python's reach. The parent logs what `drain` returns at debug level."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the life of the child)
+        os.dup2(self._file.fileno(), 2)
+
+    def drain(self) -> str:
+        self._file.seek(0)
+        text = self._file.read().decode(errors="replace").strip()
+        self._file.seek(0)
+        self._file.truncate()
+        return text
 
 
 def run_bounded(function: Callable[..., T], *args: Any, memory: int = DECODE_MEMORY) -> T:
@@ -67,10 +87,13 @@ def _answer(child: Any, receive: Connection) -> tuple[bool, Any]:
         child.kill()
         raise ImageError("the decoder took too long")
     try:
-        return receive.recv()
+        ok, value, noise = receive.recv()
     except EOFError:
         child.join()
         raise ImageError(f"the decoder crashed ({describe_exit(child.exitcode)})") from None
+    if noise:
+        log.debug("decoder output: %s", noise)
+    return ok, value
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -86,10 +109,11 @@ def _child(
     send: Connection, memory: int, function: Callable[..., Any], args: tuple[Any, ...]
 ) -> None:
     limit_resources(memory, cpu_seconds=DECODE_SECONDS)
+    stderr = StderrCapture()
     try:
         result: tuple[bool, Any] = (True, function(*args))
     except ImageError as exc:
         result = (False, exc)
     except MemoryError:
         result = (False, ImageError("cannot decode image (over the decoder's memory limit)"))
-    send.send(result)
+    send.send((*result, stderr.drain()))

@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before open_clip/huggingface_hub are impor
 
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,7 +122,9 @@ def serving(data_dir: Path, *, inside: str = "") -> Iterator[tuple[str, subproce
     command += ["--data-dir", str(data_dir), "--device", "cpu"]
     if inside:
         command = ["unshare", "-rm", "sh", "-c", f"{inside} {shlex.join(command)}"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -136,7 +139,7 @@ def serving(data_dir: Path, *, inside: str = "") -> Iterator[tuple[str, subproce
             time.sleep(0.2)
         yield base, process
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)  # unshare may have forked the server
         process.wait(timeout=30)
 
 

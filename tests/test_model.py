@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from search.errors import ModelError
-from search.imaging import decode
+from search.imaging import decode, model_input
 from search.model import Encoder
 from search.spec import ModelSpec
 from tests.conftest import SAMPLES, TINY_CONFIG
@@ -118,3 +118,16 @@ def test_broken_model_config(tmp_path: Path) -> None:
     config.write_text('{"embed_dim": 8}')
     with pytest.raises(ModelError, match="vision_cfg"):
         ModelSpec.from_args(str(config), "none")
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 60), (60, 100), (333, 211), (1000, 999)])
+def test_uint8_pixels_normalised_by_the_model_equal_open_clip_preprocessing(
+    encoder: Encoder, size: tuple[int, int]
+) -> None:
+    """Workers hand over uint8 pixels at the model's input; converting and normalising them
+    on the model's side gives exactly what open_clip's preprocessing gives."""
+    rng = np.random.default_rng(size[0])
+    image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    pixels = torch.from_numpy(model_input(image, encoder.layout)).permute(2, 0, 1).float() / 255
+    ours = (pixels - encoder.mean[0]) / encoder.std[0]
+    assert torch.equal(ours, encoder.preprocess(image))
