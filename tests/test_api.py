@@ -276,6 +276,7 @@ def test_the_openapi_document_is_valid_and_a_schema_fuzzer_finds_nothing(
     command = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config)]
     command += ["run", f"{server}/api/openapi.json", "--checks", "all", "--max-examples", "25"]
     command += ["--seed", "1", "--workers", "2", "--suppress-health-check", "all"]
+    command += ["--request-timeout", "60"]
     result = subprocess.run(
         command,
         capture_output=True,
