@@ -19,6 +19,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from search import text
 from search.errors import ModelError
 from search.imaging import InputLayout, model_input
 from search.spec import NO_WEIGHTS, ModelSpec
@@ -176,7 +177,7 @@ class Encoder:
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         tokens = self.tokenizer(list(texts)).to(self.device)
-        return self._normalised(self.model.encode_text(tokens))
+        return self._normalised(text.encode_text(self.model, tokens))
 
     @staticmethod
     def _normalised(features: torch.Tensor) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from search import text
 from search.errors import ModelError
 from search.imaging import decode, model_input
 from search.model import Encoder
@@ -131,3 +132,19 @@ def test_uint8_pixels_normalised_by_the_model_equal_open_clip_preprocessing(
     pixels = torch.from_numpy(model_input(image, encoder.layout)).permute(2, 0, 1).float() / 255
     ours = (pixels - encoder.mean[0]) / encoder.std[0]
     assert torch.equal(ours, encoder.preprocess(image))
+
+
+def test_text_cut_to_the_batch_length_equals_open_clip_on_padded_tokens(encoder: Encoder) -> None:
+    """The trimmed forward gives open_clip's encode_text embedding over all 77 positions."""
+    texts = ["a", "a red apple on a wooden table", "!!!", "word " * 40]
+    tokens = encoder.tokenizer(texts)
+    assert text.trims(encoder.model)
+    with torch.inference_mode():
+        padded = encoder.model.encode_text(tokens)
+        cut = text.encode_text(encoder.model, tokens)
+        alone = text.encode_text(encoder.model, tokens[:1])  # "a": 3 positions, not 77
+    torch.testing.assert_close(cut, padded, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone, padded[:1], atol=1e-5, rtol=1e-4)
+    ours = encoder.encode_texts(texts)
+    reference = torch.nn.functional.normalize(padded, dim=-1).numpy()
+    assert (ours * reference).sum(axis=1).min() > 0.99999
