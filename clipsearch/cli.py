@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from search.collection import Collection, default_data_dir
-from search.errors import BadRequest, ClipsearchError
+from search.errors import BadRequest, ClipsearchError, NoQuery
 from search.filters import FILTER_KEYS
 from search.imaging import DEFAULT_MAX_PIXELS
 from search.request import DEFAULT_K, DUPLICATE_COSINE, MAX_K, MAX_OFFSET, SearchRequest
@@ -228,6 +228,8 @@ def _search_request(
 def _usage(parse: Callable[..., T], *args: Any) -> T:
     try:
         return parse(*args)
+    except NoQuery:
+        raise click.UsageError("give TEXT, --image FILE or --like ID") from None
     except BadRequest as exc:
         raise click.UsageError(str(exc)) from None
 
