@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import mimetypes
@@ -14,9 +13,10 @@ from typing import Any
 from flask import Blueprint, current_app, send_file
 
 from search.catalog import ImageRecord
-from search.errors import ImageError, NotFound
+from search.errors import ImageError, NotFound, StorageError
 from search.imaging import make_thumbnail
 from search.sandbox import run_bounded
+from search.storage import writing
 from web import get_engine
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,9 @@ def _keep(cache: Path, data: bytes) -> None:
         return
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, cache)
-    except OSError as exc:
-        log.warning("thumbnail not cached (%s)", exc.strerror)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        with writing(f"caching a thumbnail in {cache.parent}", tmp):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, cache)
+    except StorageError as exc:
+        log.warning("%s", exc)
