@@ -1,11 +1,16 @@
 """Indexing throughput: clipsearch's indexer against the naive loop, same model, same files.
 
-    python benchmarks/index_throughput.py --generate 40                  # 12 MP JPEGs it makes
+    python benchmarks/index_throughput.py --generate 200                 # 12 MP JPEGs it makes
     python benchmarks/index_throughput.py --images ../shared/data/flickr8k_1k/images
+    python benchmarks/index_throughput.py --images /tmp/small --model tests/tiny-clip.json \
+        --baseline /tmp/prev                  # the pipeline's own cost, against the last release
 
 (a) naive: PIL open, open_clip's preprocess, encode 32 at a time, one process, nothing stored.
 (b) clipsearch: the Indexer (worker processes, JPEG draft decoding, hashing, SQLite + FAISS
-writes) into a fresh collection. Prints one JSON object with both rates, their ratio and peak RSS.
+writes) into a fresh collection, with the model already loaded and warmed up like (a)'s.
+(c) with --baseline TREE: `clipsearch index --json` of this tree and of TREE (benchmarks/
+baseline.py), model loading included for both. Prints one JSON object with the rates, their
+ratios and peak RSS.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baseline import THIS_TREE, ratio, run_json
 from indexer.scan import IMAGE_EXTENSIONS
-from indexer.sync import Indexer, default_workers
+from indexer.source import default_workers
+from indexer.sync import Indexer
 from search.collection import Collection
 from search.model import Encoder
 from search.spec import ModelSpec
@@ -57,6 +66,16 @@ def naive(encoder: Encoder, paths: list[Path], batch_size: int = 32) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def command_line(tree: Path, folder: Path, model: str, workers: int) -> float:
+    with tempfile.TemporaryDirectory() as data:
+        summary = run_json(
+            tree,
+            *("-m", "clipsearch", "index", str(folder), "--data-dir", data, "--json"),
+            *("--model", model, "--pretrained", "none", "--workers", str(workers)),
+        )
+    return summary["images_per_second"]
+
+
 def clipsearch(encoder: Encoder, folder: Path, batch_size: int, workers: int) -> float:
     with tempfile.TemporaryDirectory() as data:
         collection = Collection.create_or_open(Path(data), encoder.spec)
@@ -81,34 +100,41 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--baseline", type=Path, help="a worktree of the release to compare with")
     args = parser.parse_args()
+    model = str(Path(args.model).resolve()) if args.model.endswith(".json") else args.model
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.images or Path(scratch, "photos")
         if args.generate:
             generate(folder, args.generate)
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        encoder = Encoder(ModelSpec.from_args(args.model, "none"), args.device)
+        encoder = Encoder(ModelSpec.from_args(model, "none"), args.device)
         batch_size = args.batch_size or (256 if encoder.device.type == "cuda" else 32)
-        size = Image.open(paths[0]).size
-        fast = clipsearch(encoder, folder, batch_size, args.workers)
+        naive(encoder, paths[:batch_size])  # warm-up: both timed runs find the model ready
         slow = naive(encoder, paths)
-    print(
-        json.dumps(
-            {
-                "images": len(paths),
-                "first_image_size": size,
-                "model": args.model,
-                "device": str(encoder.device),
-                "workers": args.workers,
-                "batch_size": batch_size,
-                "naive_images_per_second": round(slow, 2),
-                "clipsearch_images_per_second": round(fast, 2),
-                "ratio": round(fast / slow, 2),
-                "peak_rss_mb": peak_rss_mb(),
+        fast = clipsearch(encoder, folder, batch_size, args.workers)
+        result = {
+            "images": len(paths),
+            "first_image_size": Image.open(paths[0]).size,
+            "model": args.model,
+            "device": str(encoder.device),
+            "workers": args.workers,
+            "batch_size": batch_size,
+            "naive_images_per_second": round(slow, 2),
+            "clipsearch_images_per_second": round(fast, 2),
+            "ratio": ratio(fast, slow),
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        if args.baseline:
+            this = command_line(THIS_TREE, folder, model, args.workers)
+            before = command_line(args.baseline, folder, model, args.workers)
+            result["command_line"] = {
+                "images_per_second": this,
+                "baseline_images_per_second": before,
+                "ratio": ratio(this, before),
             }
-        )
-    )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

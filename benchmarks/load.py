@@ -5,6 +5,11 @@ latency percentiles and errors, with /healthz under the same load as the baselin
     clipsearch serve --data-dir /tmp/load --port 8000 &
     python benchmarks/load.py --url http://127.0.0.1:8000 --clients 8 32 --seconds 30
 
+or, serving the collection itself from this tree and then from the release before (a git
+worktree, benchmarks/baseline.py), one after the other on the same data:
+
+    python benchmarks/load.py --serve /tmp/load --baseline /tmp/prev
+
 Each client is a thread with its own keep-alive connection, sending the mix a web page and a
 shop backend send: texts (some with negative terms), "more like this" by id, filtered searches,
 second pages, and a thumbnail after each search. Any status other than 200 counts as an error.
@@ -13,13 +18,22 @@ second pages, and a thumbnail after each search. Any status other than 200 count
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baseline import THIS_TREE, ratio, start
 
 WORDS = ["dog", "beach at sunset", "a child playing", "red car", "mountain lake", "market", "snow"]
 
@@ -77,20 +91,62 @@ def run(url: str, clients: int, seconds: float, total_images: int, path: str | N
     }
 
 
+def measure(url: str, clients: list[int], seconds: float) -> dict:
+    total = requests.get(f"{url}/api/stats", timeout=30).json()["images"]
+    results = []
+    for count in clients:
+        baseline = run(url, count, min(5, seconds), total, "/healthz")
+        result = {**run(url, count, seconds, total, None), "healthz": baseline}
+        print(json.dumps(result), file=sys.stderr, flush=True)
+        results.append(result)
+    return {"images": total, "runs": results}
+
+
+def serving(tree: Path, data_dir: Path, clients: list[int], seconds: float) -> dict:
+    """Serve `data_dir` with `tree`'s clipsearch, warm it up, measure, stop it."""
+    port = 8000 + os.getpid() % 1000
+    server = start(
+        tree, "-m", "clipsearch", "serve", "--data-dir", str(data_dir), "--port", str(port)
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/healthz", timeout=1).ok:
+                    break
+            time.sleep(0.2)
+        run(url, 4, 5, 100, None)  # warm-up: model, caches, thread pools
+        return measure(url, clients, seconds)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--serve", type=Path, metavar="DATA_DIR", help="start the server here")
+    parser.add_argument("--baseline", type=Path, help="with --serve: the release to compare")
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
-    total = requests.get(f"{args.url}/api/stats", timeout=30).json()["images"]
-    results = []
-    for clients in args.clients:
-        baseline = run(args.url, clients, min(5, args.seconds), total, "/healthz")
-        result = {**run(args.url, clients, args.seconds, total, None), "healthz": baseline}
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    print(json.dumps({"images": total, "runs": results}))
+    if not args.serve:
+        print(json.dumps(measure(args.url, args.clients, args.seconds)))
+        return
+    result = {"this": serving(THIS_TREE, args.serve, args.clients, args.seconds)}
+    if args.baseline:
+        result["baseline"] = serving(args.baseline, args.serve, args.clients, args.seconds)
+        result["ratios"] = [
+            {
+                "clients": new["clients"],
+                "requests_per_second": ratio(
+                    new["requests_per_second"], old["requests_per_second"]
+                ),
+                "p99_ms": ratio(new["p99_ms"], old["p99_ms"]),
+            }
+            for new, old in zip(result["this"]["runs"], result["baseline"]["runs"], strict=True)
+        ]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

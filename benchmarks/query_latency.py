@@ -2,12 +2,16 @@
 against the ANN index clipsearch picks, on synthetic embeddings with CLIP's structure.
 
     python benchmarks/query_latency.py --n 200000 --json
+    python benchmarks/query_latency.py --n 1000000 --baseline /tmp/prev   # benchmarks/baseline.py
 
 Prints one JSON object: {"n", "flat": {...}, "ann": {"index", "recall_at_10", "search_p50_ms",
-"search_p99_ms", "build_seconds", "memory_mb"}, "end_to_end_p50_ms"} and, when faiss sees a GPU,
-"gpu_flat" too. End to end is what a user waits for: ViT-B-32 text encoding (random weights cost
-what real ones do) + ANN search + the catalog fetch of one page of 20, through the same
-SearchEngine the server uses, over a real on-disk collection of n rows.
+"search_p99_ms", "build_seconds", "memory_mb"}, "end_to_end_p50_ms"} and, on a GPU, "gpu_flat"
+too, with the share of queries whose GPU top 10 equals the exact CPU top 10. With --baseline,
+the same run of the release before is added as "baseline".
+
+End to end is what a user waits for: ViT-B-32 text encoding (random weights cost what real ones
+do) + ANN search + the catalog fetch of one page of 20, through the same SearchEngine the server
+uses, over a real on-disk collection of n rows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.baseline import run_json
 from benchmarks.clip_like import ClipLike
 from search.catalog import ImageRecord
 from search.collection import Collection
@@ -112,6 +117,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="for the end-to-end text encoder")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the model")
     parser.add_argument("--json", action="store_true", help="only the JSON object on stdout")
+    parser.add_argument("--baseline", type=Path, help="a worktree of the release to compare with")
     args = parser.parse_args()
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
@@ -136,11 +142,22 @@ def main() -> None:
 
     result: dict = {"n": args.n, "flat": flat_figures, "ann": ann_figures}
     if ann.use_gpu():
-        result["gpu_flat"] = timings(ann, queries)[0]
+        speed, found = timings(ann, queries)
+        same = np.mean([np.array_equal(a, e) for a, e in zip(found, exact, strict=True)])
+        result["gpu_flat"] = {**speed, "equal_to_exact_cpu_top10": round(float(same), 4)}
         say("gpu flat", result["gpu_flat"])
     if not args.no_end_to_end:
         result["end_to_end_p50_ms"] = end_to_end(ids, images, ann, args.device)
+    if args.baseline:
+        result["baseline"] = run_json(args.baseline, *baseline_args(args))
     print(json.dumps(result))
+
+
+def baseline_args(args: argparse.Namespace) -> list[str]:
+    """The same run, by the baseline tree's own copy of this script."""
+    script = ["benchmarks/query_latency.py", "--json", "--n", str(args.n)]
+    script += ["--queries", str(args.queries), "--device", args.device]
+    return script + (["--no-end-to-end"] if args.no_end_to_end else [])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -120,6 +121,11 @@ def index(
 ) -> None:
     """Index the images under FOLDERS (recursively, incrementally), or a --catalog."""
     from indexer.sync import Indexer
+
+    # Decode workers and the encoder's OpenMP threads share the cores. Spinning threads would
+    # hold a core a worker needs (a light model indexed 15% slower); they must yield instead.
+    # Read when torch loads, which is later.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     if bool(folders) == bool(catalog):
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")

@@ -10,6 +10,7 @@ once more on its own, and only a second death records it as failed.
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import logging
 import signal
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.items import Failed, Seen
 from indexer.scan import FoundFile
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, InputLayout, decode_for_model
@@ -37,36 +39,17 @@ FILE_SECONDS = 60  # a worker that spends longer on one file is stopped, as if i
 
 @dataclass
 class Loaded:
-    """A file read and decoded; `pixels` is None when its content is already in the catalog
-    (same hash), so its vector is reused instead of encoded again."""
+    """A file read and decoded, ready for the encoder."""
 
     file: FoundFile
     sha256: str
-    pixels: np.ndarray | None = None
-    width: int = 0
-    height: int = 0
-    taken_at: datetime | None = None
+    pixels: np.ndarray  # model_input(): (size, size, 3) uint8
+    width: int
+    height: int
+    taken_at: datetime | None
 
 
-@dataclass
-class Failed:
-    file: FoundFile
-    reason: str
-
-
-@dataclass
-class Batch:
-    items: list[Loaded | Failed]
-
-    @property
-    def to_encode(self) -> list[Loaded]:
-        return [item for item in self.items if isinstance(item, Loaded) and item.pixels is not None]
-
-    @property
-    def pixels(self) -> np.ndarray | None:
-        """The (N, H, W, 3) uint8 pixels of `to_encode`, in its order."""
-        arrays = [item.pixels for item in self.to_encode]
-        return np.stack(arrays) if arrays else None
+Item = Loaded | Seen | Failed
 
 
 class KnownContent:
@@ -83,9 +66,7 @@ class KnownContent:
         return at < len(self.prefixes) and self.prefixes[at] == prefix
 
 
-def load_file(
-    file: FoundFile, known: KnownContent, layout: InputLayout, max_pixels: int
-) -> Loaded | Failed:
+def load_file(file: FoundFile, known: KnownContent, layout: InputLayout, max_pixels: int) -> Item:
     try:
         data = file.absolute.read_bytes()
     except FileNotFoundError:
@@ -96,7 +77,7 @@ def load_file(
         return Failed(file, f"too large to read ({file.size:,} bytes)")
     sha256 = hashlib.sha256(data).hexdigest()
     if sha256 in known:
-        return Loaded(file, sha256)
+        return Seen(file, sha256)
     try:
         decoded = decode_for_model(data, layout, max_pixels)
     except ImageError as exc:
@@ -111,25 +92,23 @@ def load_batches(
     batch_size: int,
     workers: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Iterator[Batch]:
-    """Every file once, as Loaded or Failed, in batches of `batch_size` (in the order workers
-    finish them); `workers=0` decodes in this process."""
+) -> Iterator[list[Item]]:
+    """Every file once, as Loaded, Seen or Failed, in batches of `batch_size` (in the order
+    workers finish them); `workers=0` decodes in this process."""
     known = KnownContent(known_hashes)
     if workers:
         chunk = max(1, min(32, batch_size // (2 * workers)))
-        items: Iterable[Loaded | Failed] = _Pool(workers, (known, layout, max_pixels)).run(
-            files, chunk
-        )
+        items: Iterable[Item] = _Pool(workers, (known, layout, max_pixels)).run(files, chunk)
     else:
         items = (load_file(file, known, layout, max_pixels) for file in files)
-    pending: list[Loaded | Failed] = []
+    pending: list[Item] = []
     for item in items:
         pending.append(item)
         if len(pending) >= batch_size:
-            yield Batch(pending)
+            yield pending
             pending = []
     if pending:
-        yield Batch(pending)
+        yield pending
 
 
 @dataclass
@@ -149,7 +128,7 @@ class _Pool:
         self.setup = setup
         self.workers: list[_Worker] = []
 
-    def run(self, files: Sequence[FoundFile], chunk: int) -> Iterator[Loaded | Failed]:
+    def run(self, files: Sequence[FoundFile], chunk: int) -> Iterator[Item]:
         todo = deque(
             list(range(start, min(start + chunk, len(files))))
             for start in range(0, len(files), chunk)
@@ -188,7 +167,7 @@ class _Pool:
                 worker.conn.send([(seq, files[seq]) for seq in seqs])
                 worker.held.extend(seqs)
 
-    def _receive(self, worker: _Worker) -> Iterator[Loaded | Failed]:
+    def _receive(self, worker: _Worker) -> Iterator[Item]:
         try:
             while worker.conn.poll():
                 _seq, item, noise = worker.conn.recv()  # in the order the files were sent
@@ -206,7 +185,7 @@ class _Pool:
         todo: deque[list[int]],
         files: Sequence[FoundFile],
         retried: set[int],
-    ) -> Iterator[Loaded | Failed]:
+    ) -> Iterator[Item]:
         """The file a dead (or stuck) worker was on is retried alone once, then failed; the
         files it held after that go back to the front of the queue."""
         yield from self._receive(worker)  # what it finished before it died
@@ -235,6 +214,10 @@ def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> Non
     """A worker's life: chunks of (sequence number, file) in, one (number, result) out per
     file, until the main process goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
+    # What the fork server imported (torch too, when the program's main module imports it)
+    # is never garbage: left to the collector, every full collection walks it, which made
+    # workers half as fast, and writes to pages shared with the fork server.
+    gc.freeze()
     _die_with_parent()
     limit_resources()
     stderr = StderrCapture()

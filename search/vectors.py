@@ -15,21 +15,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from search.storage import writing
 
+if TYPE_CHECKING:
+    from search.gpu import GpuFlat
+
 log = logging.getLogger(__name__)
 
 ANN_THRESHOLD = 25_000  # exact search is ~3 ms here on 2 CPU cores; it grows linearly above
 TRAINING_PER_LIST = 40  # faiss warns below 39 training points per list
 KMEANS_ITERATIONS = 10
-GPU_MAX_K = 2048  # faiss's limit for k on a GPU; deeper pages are answered on the CPU
 
 
 def ideal_lists(n: int) -> int:
@@ -47,8 +49,7 @@ class VectorIndex:
     def __init__(self, index: faiss.Index) -> None:
         self.index = index
         self.dim = index.d
-        self._gpu: tuple[faiss.StandardGpuResources, faiss.Index, np.ndarray] | None = None
-        self._gpu_lock = threading.Lock()
+        self._gpu: GpuFlat | None = None
 
     @classmethod
     def flat(cls, dim: int) -> VectorIndex:
@@ -121,12 +122,9 @@ class VectorIndex:
         if k <= 0:
             return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
-        if allowed is None and self._gpu is not None and k <= GPU_MAX_K:
-            _, gpu, ids = self._gpu
-            with self._gpu_lock:  # faiss's GPU resources are not thread-safe
-                scores, positions = gpu.search(query, k)
-            keep = positions[0] >= 0
-            return scores[0][keep], ids[positions[0][keep]]
+        gpu = self._gpu
+        if allowed is None and gpu is not None and k <= gpu.max_k:
+            return gpu.search(query, k)
         sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
         ivf = self.ivf
         if ivf is None:
@@ -170,19 +168,13 @@ class VectorIndex:
         return self.contents()[0]
 
     def use_gpu(self) -> bool:
-        """Answer unfiltered queries with an exact search on the GPU, when faiss has one: brute
-        force there is faster than any CPU ANN index, and exact. Filtered queries stay on the CPU
-        index (GPU indexes take no ID selectors)."""
-        if getattr(faiss, "get_num_gpus", lambda: 0)() < 1:
-            return False
-        ids, vectors = self.contents()
-        resources = faiss.StandardGpuResources()
-        config = faiss.GpuIndexFlatConfig()
-        config.useFloat16 = False
-        gpu = faiss.GpuIndexFlatIP(resources, self.dim, config)
-        gpu.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        self._gpu = (resources, gpu, ids)  # the resources must live as long as the index
-        return True
+        """Answer unfiltered queries with an exact search on the GPU when there is one and the
+        vectors fit (search/gpu.py). Filtered queries stay on the CPU index, whose ID selectors
+        apply the filter inside the search."""
+        from search.gpu import gpu_flat
+
+        self._gpu = gpu_flat(*self.contents())
+        return self._gpu is not None
 
     def save(self, path: Path) -> None:
         """Write atomically: readers see the old file or the new one, never a partial one."""

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from indexer.pipeline import load_batches
+from indexer.items import Seen
+from indexer.pipeline import Loaded, load_batches
 from indexer.scan import FoundFile, scan
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
@@ -133,10 +134,10 @@ def test_pipeline_hands_every_new_file_to_the_encoder_in_batches(
     files = [f for f in scan(photos) if isinstance(f, FoundFile)]
     known = frozenset({hashlib.sha256((photos / "snowman.png").read_bytes()).hexdigest()})
     batches = list(load_batches(files, encoder.layout, known, 5, workers))
-    assert sum(len(b.items) for b in batches) == 12
+    assert sum(len(batch) for batch in batches) == 12
     if workers == 0:
-        assert [len(b.items) for b in batches] == [5, 5, 2]
-    for batch in batches:
-        assert batch.pixels is not None and len(batch.to_encode) == len(batch.pixels)
-    reused = [i for b in batches for i in b.items if i.pixels is None]
+        assert [len(batch) for batch in batches] == [5, 5, 2]
+    items = [item for batch in batches for item in batch]
+    assert all(item.pixels.shape == (64, 64, 3) for item in items if isinstance(item, Loaded))
+    reused = [item for item in items if isinstance(item, Seen)]
     assert [i.file.path for i in reused] == ["snowman.png"]  # known content: not decoded

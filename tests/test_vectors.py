@@ -105,3 +105,38 @@ def test_shrinking_far_below_the_threshold_goes_back_to_flat(data) -> None:
 def test_list_count_grows_with_the_collection() -> None:
     lists = [vectors_module.ideal_lists(n) for n in (25_000, 200_000, 1_000_000)]
     assert lists == sorted(lists) and lists[0] >= 256 and lists[-1] <= 8192
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU")
+def test_gpu_search_returns_the_cpu_ranking(data, ann: VectorIndex) -> None:
+    """Whichever GPU path runs (faiss-gpu, or torch where faiss's CUDA does not load), it must
+    give the CPU flat index's ids in its order, with its scores."""
+    ids, images, queries = data
+    cpu = VectorIndex.build(DIM, ids, images, ann=False)
+    gpu = VectorIndex.build(DIM, ids, images, ann=False)
+    assert gpu.use_gpu()
+    for query in queries:
+        cpu_scores, cpu_ids = cpu.search(query, 120)
+        gpu_scores, gpu_ids = gpu.search(query, 120)
+        np.testing.assert_allclose(gpu_scores, cpu_scores, atol=1e-5)
+        # Rounding may order near-equal scores either way; every other rank must agree.
+        tied = np.isclose(cpu_scores[:, None], cpu_scores[None, :], atol=1e-5).sum(1) > 1
+        assert np.array_equal(gpu_ids[:100][~tied[:100]], cpu_ids[:100][~tied[:100]])
+    assert gpu.search(queries[0], 20, allowed=ids[:50])[1].tolist() == (
+        cpu.search(queries[0], 20, allowed=ids[:50])[1].tolist()  # filtered: the CPU index
+    )
+
+
+def test_without_a_gpu_search_stays_on_the_cpu_index(data) -> None:
+    ids, images, queries = data
+    index = VectorIndex.build(DIM, ids[:2000], images[:2000])
+    if gpu_available():
+        pytest.skip("this machine has a GPU")
+    assert not index.use_gpu()
+    assert len(index.search(queries[0], 10)[1]) == 10

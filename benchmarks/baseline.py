@@ -1,0 +1,52 @@
+"""The release before a change, run from a git worktree in the same benchmark run, so that every
+figure is printed beside the one it is compared against:
+
+    git worktree add /tmp/prev 42828fa          # the first release
+    python benchmarks/query_latency.py --n 1000000 --baseline /tmp/prev
+
+Each tree runs in its own process with its own packages first on the path, on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+THIS_TREE = Path(__file__).resolve().parent.parent
+
+
+def environment(tree: Path) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
+    return env
+
+
+def start(tree: Path, *args: str) -> subprocess.Popen[str]:
+    """`python ARGS` inside `tree`, in its own session so that it can be stopped with its
+    children."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=tree,
+        env=environment(tree),
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def run_json(tree: Path, *args: str) -> dict:
+    """`python ARGS` inside `tree`; its last line of output is the JSON it reports."""
+    done = subprocess.run(
+        [sys.executable, *args], cwd=tree, env=environment(tree), text=True, capture_output=True
+    )
+    if done.returncode:
+        raise SystemExit(f"{tree}: {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ratio(new: float, old: float) -> float:
+    return round(new / old, 2) if old else float("inf")
