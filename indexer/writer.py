@@ -91,6 +91,8 @@ class Writer:
             for row_id, attributes in self.plan.new_attributes.items():
                 row = update(ImageRecord).where(ImageRecord.id == row_id)
                 session.execute(row.values(attributes=attributes))
+            # A new generation, so that servers drop the filters they cached over the old ones.
+            self._bump_if_changed(session, list(self.plan.new_attributes))
 
     def _save(self, first_generation: int) -> None:
         if (

@@ -7,12 +7,14 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from search.batching import QueryEncoder
 from search.catalog import ImageRecord
@@ -30,12 +32,15 @@ from search.request import (
     TextTerm,
 )
 from search.sandbox import run_bounded
+from search.vectors import Allowed, VectorIndex
 
 if TYPE_CHECKING:
     from search.model import Encoder
-    from search.vectors import VectorIndex
 
 log = logging.getLogger(__name__)
+
+# Ids kept across cached filters: about 50 bytes each with FAISS's selector, so ~250 MB at most.
+FILTER_CACHE_IDS = 5_000_000
 
 
 @dataclass
@@ -87,6 +92,7 @@ class SearchEngine:
         self._lock = threading.Lock()
         self._vectors, self._generation = self._load()
         self._facets: tuple[int, dict[str, Any]] | None = None
+        self._allowed = _AllowedCache()
 
     @property
     def size(self) -> int:
@@ -185,7 +191,7 @@ class SearchEngine:
         wanted = offset + k
         self.refresh()
         vectors = self._vectors
-        allowed = self._matching_ids(filters) if filters else None
+        allowed = self._matching(filters) if filters else None
         fetch = wanted + len(exclude)
         while True:
             scores, ids = vectors.search(vector, fetch, allowed)
@@ -242,7 +248,12 @@ class SearchEngine:
         if not ids:
             return {}
         with self.collection.catalog.sessions() as session:
-            rows = session.scalars(select(ImageRecord).where(ImageRecord.id.in_(ids)))
+            # A page needs no embeddings: 2 KB a row not read.
+            rows = session.scalars(
+                select(ImageRecord)
+                .options(defer(ImageRecord.embedding, raiseload=True))
+                .where(ImageRecord.id.in_(ids))
+            )
             return {row.id: row for row in rows}
 
     def _distinct(
@@ -267,8 +278,34 @@ class SearchEngine:
                 kept.append(position)
         return [ranked[position] for position in kept]
 
-    def _matching_ids(self, filters: Filters) -> np.ndarray:
-        """The ids a filter allows, for FAISS's ID selector."""
-        with self.collection.catalog.sessions() as session:
-            ids = session.scalars(select(ImageRecord.id).where(filters.where())).all()
-        return np.asarray(ids, dtype=np.int64)
+    def _matching(self, filters: Filters) -> Allowed:
+        """The ids a filter allows, read from the catalog once per filter and generation."""
+        key = (self._generation, repr(filters))
+        if (allowed := self._allowed.get(key)) is None:
+            with self.collection.catalog.sessions() as session:
+                ids = session.scalars(select(ImageRecord.id).where(filters.where())).all()
+            allowed = self._allowed.put(key, Allowed(np.asarray(ids, dtype=np.int64)))
+        return allowed
+
+
+class _AllowedCache:
+    """The most recently used filters' id sets, up to FILTER_CACHE_IDS ids in all (the newest
+    is kept whatever its size). Entries of an older generation age out like any other."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[int, str], Allowed] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> Allowed | None:
+        with self._lock:
+            if (allowed := self._entries.get(key)) is not None:
+                self._entries.move_to_end(key)
+            return allowed
+
+    def put(self, key: tuple[int, str], allowed: Allowed) -> Allowed:
+        with self._lock:
+            self._entries[key] = allowed
+            total = sum(len(entry) for entry in self._entries.values())
+            while total > FILTER_CACHE_IDS and len(self._entries) > 1:
+                total -= len(self._entries.popitem(last=False)[1])
+        return allowed

@@ -43,6 +43,18 @@ def default_probes(lists: int) -> int:
     return max(32, lists // 32)
 
 
+class Allowed:
+    """The ids a filter allows, with FAISS's selector over them built once: a filter that many
+    queries repeat (a shop's category) is turned into a selector once per catalog generation."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.selector = faiss.IDSelectorBatch(self.ids)  # copies the ids; read-only in searches
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class VectorIndex:
     """Inner-product search over L2-normalised vectors: scores are cosine similarities."""
 
@@ -111,7 +123,7 @@ class VectorIndex:
             self._gpu = None
 
     def search(
-        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, query: np.ndarray, k: int, allowed: Allowed | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for one query vector. `allowed` restricts the search to those
         ids inside FAISS, so a filter never costs results: the IVF probes more lists the fewer
@@ -125,7 +137,7 @@ class VectorIndex:
         gpu = self._gpu
         if allowed is None and gpu is not None and k <= gpu.max_k:
             return gpu.search(query, k)
-        sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
+        sel = None if allowed is None else allowed.selector
         ivf = self.ivf
         if ivf is None:
             params = None if sel is None else faiss.SearchParameters(sel=sel)

@@ -99,6 +99,18 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
     assert apple[0].record.attributes["price"] == "2.0"
     assert len(ask(engine, text=query, k=10).hits) == 3
 
+    # Only a category changes: the server's cached garden filter must not outlive it.
+    garden = {"attr_category": "garden"}
+    assert {h.record.attributes["sku"] for h in ask(engine, text=query, filters=garden).hits} == {
+        "F1",
+        "T1",
+    }
+    write_shop(tmp_path / "shop", [rows[0], dict(rows[1], category="kitchen"), rows[2]])
+    assert indexer.run_catalog(catalog).unchanged == 3
+    assert [h.record.attributes["sku"] for h in ask(engine, text=query, filters=garden).hits] == [
+        "T1"
+    ]
+
 
 def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
     shop = tmp_path / "shop"

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.clip_like import ClipLike
 from search import vectors as vectors_module
-from search.vectors import ANN_THRESHOLD, VectorIndex
+from search.vectors import ANN_THRESHOLD, Allowed, VectorIndex
 
 DIM = 256
 
@@ -63,7 +63,7 @@ def test_filters_on_the_ann_index_are_exact_and_complete(data, ann: VectorIndex)
     rng = np.random.default_rng(1)
     for size in (50, 3000):
         rows = np.sort(rng.choice(len(ids), size, replace=False))
-        _, found = ann.search(queries[0], 100, allowed=ids[rows])
+        _, found = ann.search(queries[0], 100, allowed=Allowed(ids[rows]))
         assert len(found) == min(100, size)
         assert set(found) <= set(ids[rows])
         expected = exact(ids[rows], images[rows], queries[0], 100)
@@ -128,8 +128,9 @@ def test_gpu_search_returns_the_cpu_ranking(data, ann: VectorIndex) -> None:
         # Rounding may order near-equal scores either way; every other rank must agree.
         tied = np.isclose(cpu_scores[:, None], cpu_scores[None, :], atol=1e-5).sum(1) > 1
         assert np.array_equal(gpu_ids[:100][~tied[:100]], cpu_ids[:100][~tied[:100]])
-    assert gpu.search(queries[0], 20, allowed=ids[:50])[1].tolist() == (
-        cpu.search(queries[0], 20, allowed=ids[:50])[1].tolist()  # filtered: the CPU index
+    allowed = Allowed(ids[:50])  # filtered: the CPU index, with its selector
+    assert gpu.search(queries[0], 20, allowed)[1].tolist() == (
+        cpu.search(queries[0], 20, allowed)[1].tolist()
     )
 
 
