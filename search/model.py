@@ -139,7 +139,7 @@ def _input_layout(cfg: dict[str, Any]) -> tuple[InputLayout, Sequence[float], Se
 
 def fast_dtype(device: torch.device) -> torch.dtype:
     """Half precision on CUDA doubles throughput. On a CPU with AMX tiles, bf16 weights run
-    ViT-B-32 about 6x faster per image and text queries 1.5-2x faster than float32, with cosine
+    ViT-B-32 4x faster per image and text queries 1.5-2x faster than float32, with cosine
     >= 0.9999 to the float32 embedding (benchmarks/cpu_encoder.py); other CPUs emulate bf16, so
     they keep float32."""
     if device.type == "cuda":
