@@ -194,7 +194,9 @@ def search(
     engine = SearchEngine(collection, collection.encoder(device))
     page = engine.query(request)
     if as_json:
-        click.echo(json.dumps(page.to_json(collection.spec.name), indent=2))
+        from web.results import page_json  # the API's shape, URLs included
+
+        click.echo(json.dumps(page_json(page, collection.spec.name), indent=2))
         return
     for hit in page.hits:
         click.echo(f"{hit.score:.4f}  {hit.record.id:>7}  {hit.record.file_path}")

@@ -61,10 +61,9 @@ class Indexer:
     def source(self) -> Source:
         """This machine's decode workers and model, made once a file needs encoding."""
         if self._source is None:
-            from indexer.source import LocalSource  # numpy, torch: only when needed
+            from indexer.source import LocalSource
 
-            encoder = self.encoder
-            self._source = LocalSource(encoder, self.batch_size, self.workers, self.max_pixels)
+            self._source = LocalSource(self.encoder, self.batch_size, self.workers, self.max_pixels)
         return self._source
 
     def run(self, folders: Sequence[Path]) -> Summary:

@@ -91,8 +91,8 @@ class Writer:
             for row_id, attributes in self.plan.new_attributes.items():
                 row = update(ImageRecord).where(ImageRecord.id == row_id)
                 session.execute(row.values(attributes=attributes))
-            # A new generation, so that servers drop the filters they cached over the old ones.
-            self._bump_if_changed(session, list(self.plan.new_attributes))
+            if self.plan.new_attributes:
+                self._bump(session)  # servers drop the filters they cached over the old values
 
     def _save(self, first_generation: int) -> None:
         if (
@@ -260,8 +260,11 @@ class Writer:
         """A new generation only when the set of vectors changed: a run that changes nothing
         writes no new index file."""
         if dropped:
-            self.catalog.bump_generation(session)
-            self.generation = self.catalog.generation(session)
+            self._bump(session)
+
+    def _bump(self, session: Session) -> None:
+        self.catalog.bump_generation(session)
+        self.generation = self.catalog.generation(session)
 
 
 def _file_time(file: FoundFile) -> datetime:

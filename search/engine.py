@@ -48,19 +48,6 @@ class Hit:
     record: ImageRecord
     score: float
 
-    def to_json(self) -> dict[str, Any]:
-        record = self.record
-        return {
-            "id": record.id,
-            "path": record.path,
-            "url": f"/images/{record.id}",
-            "thumbnail_url": f"/thumbs/{record.id}",
-            "score": round(self.score, 6),
-            "width": record.width,
-            "height": record.height,
-            "attributes": record.attributes or {},
-        }
-
 
 @dataclass
 class Page:
@@ -68,17 +55,6 @@ class Page:
     k: int
     offset: int
     took_ms: float
-
-    def to_json(self, model: str) -> dict[str, Any]:
-        """The response shape shared by the JSON API and `clipsearch search --json`."""
-        return {
-            "results": [hit.to_json() for hit in self.hits],
-            "count": len(self.hits),
-            "k": self.k,
-            "offset": self.offset,
-            "took_ms": round(self.took_ms, 2),
-            "model": model,
-        }
 
 
 class SearchEngine:

@@ -76,7 +76,7 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
     query = "something to buy"
     hits = ask(engine, text=query, k=10).hits
     assert {h.record.attributes["sku"] for h in hits} == {"A1", "F1", "T1", "B1"}
-    assert hits[0].to_json()["attributes"]["title"]
+    assert hits[0].record.attributes["title"]
 
     garden = ask(engine, text=query, k=10, filters={"attr_category": "garden"}).hits
     assert {h.record.attributes["sku"] for h in garden} == {"F1", "T1"}

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify, request
 from web import get_engine
 from web.openapi import document
 from web.params import parse_search
+from web.results import image_json, page_json
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -18,25 +19,12 @@ api = Blueprint("api", __name__, url_prefix="/api")
 def search() -> Any:
     engine = get_engine()
     page = engine.query(parse_search(request))
-    return jsonify(page.to_json(engine.collection.spec.name))
+    return jsonify(page_json(page, engine.collection.spec.name))
 
 
 @api.get("/images/<int:image_id>")
 def image(image_id: int) -> Any:
-    record = get_engine().image(image_id)
-    return jsonify(
-        id=record.id,
-        path=record.path,
-        url=f"/images/{record.id}",
-        thumbnail_url=f"/thumbs/{record.id}",
-        width=record.width,
-        height=record.height,
-        size=record.size,
-        ext=record.ext,
-        taken_at=record.taken_at.isoformat(),
-        sha256=record.sha256,
-        attributes=record.attributes or {},
-    )
+    return jsonify(image_json(get_engine().image(image_id)))
 
 
 @api.get("/stats")
