@@ -275,7 +275,9 @@ def test_the_openapi_document_is_valid_and_a_schema_fuzzer_finds_nothing(
     config.write_text(SCHEMATHESIS_CONFIG)
     command = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config)]
     command += ["run", f"{server}/api/openapi.json", "--checks", "all", "--max-examples", "25"]
-    command += ["--seed", "1", "--workers", "2", "--suppress-health-check", "all"]
+    # One worker: with two threads, hypothesis's ast.parse calls race in CPython 3.11 ("AST
+    # constructor recursion depth mismatch"), an error of the fuzzer, not of the server.
+    command += ["--seed", "1", "--workers", "1", "--suppress-health-check", "all"]
     command += ["--request-timeout", "60"]
     result = subprocess.run(
         command,
