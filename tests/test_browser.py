@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLES
+from web.messages import MESSAGES
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -134,3 +135,30 @@ def test_error_and_keyboard(page: Page) -> None:
     page.locator("body").click()
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "q"
+
+
+def test_the_page_in_chinese_and_a_switch_that_is_remembered(browser: Browser, server: str) -> None:
+    """Accept-Language zh-CN gives the Chinese page; the switch to English outlives reloads."""
+    context = browser.new_context(base_url=server, locale="zh-CN")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto("/")
+    expect(page.locator("html")).to_have_attribute("lang", "zh")
+    expect(page.locator("#q")).to_have_attribute("placeholder", MESSAGES["zh"]["placeholder"])
+    expect(page.locator("#status")).to_have_text(MESSAGES["zh"]["idle"])
+    page.locator("#q").press_sequentially("海边的日落 + 红苹果", delay=40)
+    wait_until(page, f"{LOADED} >= 5")
+    results = MESSAGES["zh"]["results"].split("{ms}")[0].format(count=12)
+    expect(page.locator("#status")).to_contain_text(results)
+    assert "q=%E6%B5%B7" in page.url  # the Chinese query, kept in the link
+
+    with page.expect_navigation():
+        page.locator("#language").select_option("en")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator("#status")).to_contain_text("Results: 12 in")
+    page.reload()
+    expect(page.locator("#q")).to_have_attribute("placeholder", MESSAGES["en"]["placeholder"])
+    expect(page.locator("#q")).to_have_value("海边的日落 + 红苹果")
+    context.close()
+    assert not errors

@@ -8,6 +8,7 @@ from flask import Blueprint, render_template, request
 
 from search.errors import ClipsearchError, NoQuery
 from web import error_status, get_engine
+from web.messages import LANGUAGES, MESSAGES, choose_language, translator
 from web.params import parse_search
 
 pages = Blueprint("pages", __name__)
@@ -26,8 +27,13 @@ def index() -> Any:
         except ClipsearchError as exc:
             error = str(exc)
             status = error_status(exc)
+    lang = choose_language(request)
     html = render_template(
         "index.html",
+        lang=lang,
+        languages=LANGUAGES,
+        messages=MESSAGES[lang],
+        t=translator(lang),
         query=request.args.get("q", ""),
         like=request.args.get("image_id", ""),
         page=page,
@@ -35,7 +41,8 @@ def index() -> Any:
         size=engine.size,
         model=engine.collection.spec.name,
     )
-    return html, status
+    # The page depends on the language the request asks for: caches must keep them apart.
+    return html, status, {"Vary": "Accept-Language, Cookie", "Content-Language": lang}
 
 
 @pages.get("/healthz")

@@ -7,6 +7,10 @@ const PAGE = 40;
 const DEBOUNCE_MS = 250;
 
 const $ = (id) => document.getElementById(id);
+
+// The page's strings in its language (web/messages.py): whole sentences with {fields}.
+const MESSAGES = JSON.parse($("messages").textContent);
+const t = (key, fields = {}) => MESSAGES[key].replace(/\{(\w+)\}/g, (_, name) => String(fields[name]));
 const form = $("search");
 const box = $("q");
 const grid = $("results");
@@ -59,7 +63,7 @@ async function search({ append = false, push = false } = {}) {
   }
   if (!hasQuery()) {
     grid.replaceChildren();
-    setStatus("Type what you are looking for, in plain words, or drop an image here.");
+    setStatus(t("idle"));
     return;
   }
   if (state.request) state.request.abort();
@@ -67,7 +71,7 @@ async function search({ append = false, push = false } = {}) {
   state.request = request;
   state.loading = true;
   document.body.setAttribute("aria-busy", "true");
-  if (!append) setStatus("Searching…");
+  if (!append) setStatus(t("searching"));
 
   const params = queryParams();
   params.set("k", PAGE);
@@ -83,7 +87,7 @@ async function search({ append = false, push = false } = {}) {
       response = await fetch(`/api/search?${params}`, { signal: request.signal });
     }
     const data = await response.json();
-    if (!response.ok) throw new Error(data.error || `the server answered ${response.status}`);
+    if (!response.ok) throw new Error(data.error || t("server_answered", { status: response.status }));
     if (!append) grid.replaceChildren();
     show(data, append);
   } catch (error) {
@@ -107,11 +111,10 @@ function show(data, append) {
   state.offset += data.count;
   state.more = data.count === data.k && state.offset + PAGE <= 10000;
   if (!append || data.count) {
-    const what = state.upload ? `Images like ${state.upload.name || "the pasted image"}`
-      : state.like !== null ? `More like image ${state.like}` : "Results";
-    setStatus(state.hits.length
-      ? `${what}: ${state.hits.length}${state.more ? "+" : ""} in ${Math.round(data.took_ms)} ms`
-      : "Nothing matched. Try other words, or fewer filters.");
+    const fields = { count: `${state.hits.length}${state.more ? "+" : ""}`, ms: Math.round(data.took_ms) };
+    const key = state.upload ? "results_upload" : state.like !== null ? "results_like" : "results";
+    Object.assign(fields, { id: state.like, name: state.upload && (state.upload.name || t("pasted_image")) });
+    setStatus(state.hits.length ? t(key, fields) : t("nothing"));
   }
 }
 
@@ -180,7 +183,7 @@ function card(hit, index) {
       view.href = link;
       view.rel = "noopener noreferrer";
       view.target = "_blank";
-      view.textContent = "View product";
+      view.textContent = t("view_product");
       product.append(view);
     }
     item.append(product);
@@ -189,12 +192,12 @@ function card(hit, index) {
   footer.className = "card-footer";
   const score = document.createElement("span");
   score.className = "score";
-  score.title = "cosine similarity";
+  score.title = t("cosine");
   score.textContent = hit.score.toFixed(3);
   const similar = document.createElement("a");
   similar.className = "similar";
   similar.href = `/?image_id=${hit.id}`;
-  similar.textContent = "more like this";
+  similar.textContent = t("more_like_this");
   similar.addEventListener("click", (event) => {
     event.preventDefault();
     moreLike(hit.id);
@@ -228,7 +231,7 @@ async function openLightbox(index) {
   $("lightbox-next").disabled = index >= state.hits.length - 1;
   const meta = $("lightbox-meta");
   meta.replaceChildren();
-  const rows = [["score", hit.score.toFixed(4)], ["path", hit.path], ["size", `${hit.width} × ${hit.height}`]];
+  const rows = [[t("score"), hit.score.toFixed(4)], [t("path"), hit.path], [t("size"), `${hit.width} × ${hit.height}`]];
   try {
     const response = await fetch(`/api/images/${hit.id}`);
     if (response.ok) {
@@ -259,7 +262,7 @@ function step(delta) {
 
 function searchByImage(file) {
   if (!file || !file.type.startsWith("image/")) {
-    setStatus("That is not an image: choose a JPEG, PNG, WebP, GIF or HEIC file.", true);
+    setStatus(t("not_an_image"), true);
     return;
   }
   state.upload = file;
@@ -313,7 +316,7 @@ async function loadFacets() {
         input.placeholder = String(facet[bound]);
         input.setAttribute("form", "search");
         input.value = params.get(input.name) || "";
-        holder.append(labelled(`${name} ${bound}`, input));
+        holder.append(labelled(t(`attribute_${bound}`, { name }), input));
       }
     }
   }
@@ -341,9 +344,13 @@ form.addEventListener("submit", (event) => {
 });
 document.addEventListener("change", (event) => {
   // The filters sit outside the form (form="search") and change events do not reach it.
-  if (event.target.form === form && event.target !== box && event.target.id !== "upload") {
-    search({ push: true });
-  }
+  const own = [box, $("upload"), $("language")].includes(event.target);
+  if (event.target.form === form && !own) search({ push: true });
+});
+$("language").addEventListener("change", (event) => {
+  // Remembered for a year; the server renders the page in it from then on.
+  document.cookie = `lang=${event.target.value}; path=/; max-age=31536000; samesite=lax`;
+  location.reload();
 });
 $("upload").addEventListener("change", (event) => searchByImage(event.target.files[0]));
 window.addEventListener("popstate", () => {

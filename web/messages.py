@@ -1,0 +1,118 @@
+"""Every string of the search page, in each language it speaks, and the choice of language.
+
+Each message is a whole sentence with named {fields}, never pieces joined in code, so that a
+translation can put the fields where its grammar wants them. The template renders them, and the
+page's script gets the same table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Request
+from markupsafe import Markup
+
+LANGUAGES = {"en": "English", "zh": "中文"}  # code -> its own name, for the switch
+DEFAULT_LANGUAGE = "en"
+COOKIE = "lang"  # set by the page's switch, so the choice outlives Accept-Language
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "en": {
+        "language": "Language",
+        "search_label": "Search your images",
+        "placeholder": "Describe a picture: a dog on a beach - people",
+        "image_button": "Image…",
+        "image_button_title": "Search by an image: choose, drop or paste one",
+        "search": "Search",
+        "filters": "Filters",
+        "folder": "Folder",
+        "type": "Type",
+        "any": "any",
+        "from": "From",
+        "to": "To",
+        "collapse": "Hide near-duplicates",
+        "attribute_min": "{name} min",
+        "attribute_max": "{name} max",
+        "hint": "{size} images · {model} · <kbd>/</kbd> to search · <code>beach - people</code>"
+        " leaves people out, <code>2:sunset</code> weighs a term double",
+        "idle": "Type what you are looking for, in plain words, or drop an image here.",
+        "searching": "Searching…",
+        "results": "Results: {count} in {ms} ms",
+        "results_like": "More like image {id}: {count} in {ms} ms",
+        "results_upload": "Images like {name}: {count} in {ms} ms",
+        "pasted_image": "the pasted image",
+        "nothing": "Nothing matched. Try other words, or fewer filters.",
+        "server_answered": "The server answered {status}.",
+        "not_an_image": "That is not an image: choose a JPEG, PNG, WebP, GIF or HEIC file.",
+        "cosine": "cosine similarity",
+        "more_like_this": "more like this",
+        "view_product": "View product",
+        "score": "score",
+        "path": "path",
+        "size": "size",
+        "close": "Close",
+        "previous": "Previous image",
+        "next": "Next image",
+        "lightbox_like": "More like this",
+        "open_original": "Open original",
+        "drop": "Drop an image to search by it",
+    },
+    "zh": {
+        "language": "语言",
+        "search_label": "搜索你的图片",
+        "placeholder": "描述一张图片：海边的狗 - 人",
+        "image_button": "图片…",
+        "image_button_title": "以图搜图：选择、拖入或粘贴一张图片",
+        "search": "搜索",
+        "filters": "筛选",
+        "folder": "文件夹",
+        "type": "类型",
+        "any": "全部",
+        "from": "起始日期",
+        "to": "截止日期",
+        "collapse": "隐藏近似重复的图片",
+        "attribute_min": "{name} 最低",
+        "attribute_max": "{name} 最高",
+        "hint": "共 {size} 张图片 · {model} · 按 <kbd>/</kbd> 开始搜索 · <code>海滩 - 人</code>"
+        " 排除人物，<code>2:日落</code> 让该词的权重加倍",
+        "idle": "用平常的话描述你要找的图片，或把图片拖到这里。",
+        "searching": "正在搜索…",
+        "results": "结果：{count} 个，用时 {ms} 毫秒",
+        "results_like": "与图片 {id} 相似：{count} 个，用时 {ms} 毫秒",
+        "results_upload": "与 {name} 相似的图片：{count} 个，用时 {ms} 毫秒",
+        "pasted_image": "粘贴的图片",
+        "nothing": "没有匹配的结果。换个说法，或减少筛选条件试试。",
+        "server_answered": "服务器返回了 {status}。",
+        "not_an_image": "这不是图片：请选择 JPEG、PNG、WebP、GIF 或 HEIC 文件。",
+        "cosine": "余弦相似度",
+        "more_like_this": "找相似",
+        "view_product": "查看商品",
+        "score": "相似度",
+        "path": "路径",
+        "size": "尺寸",
+        "close": "关闭",
+        "previous": "上一张",
+        "next": "下一张",
+        "lightbox_like": "找相似的图片",
+        "open_original": "打开原图",
+        "drop": "松开即可用这张图片搜索",
+    },
+}
+
+
+def choose_language(request: Request) -> str:
+    """The page's switch (a cookie) first, then the browser's Accept-Language."""
+    chosen = request.cookies.get(COOKIE)
+    if chosen in MESSAGES:
+        return chosen
+    return request.accept_languages.best_match(MESSAGES, default=DEFAULT_LANGUAGE)
+
+
+def translator(language: str) -> Any:
+    """`t(key, **fields)` for templates: our own markup kept, every field escaped."""
+    messages = MESSAGES[language]
+
+    def t(key: str, **fields: Any) -> Markup:
+        return Markup(messages[key]).format(**fields)
+
+    return t
