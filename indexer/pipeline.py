@@ -10,7 +10,6 @@ once more on its own, and only a second death records it as failed.
 from __future__ import annotations
 
 import ctypes
-import gc
 import hashlib
 import logging
 import signal
@@ -214,10 +213,6 @@ def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> Non
     """A worker's life: chunks of (sequence number, file) in, one (number, result) out per
     file, until the main process goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
-    # What the fork server imported (torch too, when the program's main module imports it)
-    # is never garbage: left to the collector, every full collection walks it, which made
-    # workers half as fast, and writes to pages shared with the fork server.
-    gc.freeze()
     _die_with_parent()
     limit_resources()
     stderr = StderrCapture()

@@ -70,12 +70,12 @@ class TorchFlat:
     def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         import torch
 
-        self.torch = torch
         self.matrix = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).cuda()
         self.ids = ids
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        torch = self.torch
+        import torch
+
         with torch.inference_mode():
             vector = torch.from_numpy(query[0]).cuda()
             # Full float32 (no TF32): the same products the CPU index computes.
