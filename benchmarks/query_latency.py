@@ -5,7 +5,8 @@ against the ANN index clipsearch picks, on synthetic embeddings with CLIP's stru
     python benchmarks/query_latency.py --n 1000000 --baseline /tmp/prev   # benchmarks/baseline.py
 
 Prints one JSON object: {"n", "flat": {...}, "ann": {"index", "recall_at_10", "search_p50_ms",
-"search_p99_ms", "build_seconds", "memory_mb"}, "end_to_end_p50_ms"} and, on a GPU, "gpu_flat"
+"search_p99_ms", "build_seconds", "memory_mb"}, "end_to_end_p50_ms", "encode_text_p50_ms",
+"search_and_page_p50_ms"} and, on a GPU, "gpu_flat"
 too, with the share of queries whose GPU top 10 equals the exact CPU top 10. With --baseline,
 the same run of the release before is added as "baseline".
 
@@ -90,7 +91,9 @@ def catalog_rows(collection: Collection, ids: np.ndarray, images: np.ndarray) ->
         collection.catalog.bump_generation(session)
 
 
-def end_to_end(ids: np.ndarray, images: np.ndarray, ann: VectorIndex, device: str) -> float:
+def end_to_end(ids: np.ndarray, images: np.ndarray, ann: VectorIndex, device: str) -> dict:
+    """p50 of a whole text query, and of its two parts: encoding the text, and the search with
+    the catalog fetch of its page."""
     from search.engine import SearchEngine
     from search.model import Encoder
     from search.request import SearchRequest
@@ -101,13 +104,25 @@ def end_to_end(ids: np.ndarray, images: np.ndarray, ann: VectorIndex, device: st
         catalog_rows(collection, ids, images)
         ann.save(collection.vectors_path(collection.catalog.generation()))
         engine = SearchEngine(collection, Encoder(spec, device))
-        samples = []
+        whole, encode, search = [], [], []
         for i in range(40):
+            text = f"{CAPTIONS[i % 4]} {i}"
             started = time.perf_counter()
-            page = engine.query(SearchRequest(text=f"{CAPTIONS[i % 4]} {i}", k=20))
-            samples.append((time.perf_counter() - started) * 1000)
+            page = engine.query(SearchRequest(text=text, k=20))
+            whole.append(time.perf_counter() - started)
             assert page.hits, "the end-to-end query found nothing"
-        return round(float(np.percentile(samples[5:], 50)), 2)  # after warm-up
+            started = time.perf_counter()
+            vector = engine.encoder.encode_texts([f"{text}!"])[0]
+            encode.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            engine.search(vector, 20)
+            search.append(time.perf_counter() - started)
+        parts = {"end_to_end": whole, "encode_text": encode, "search_and_page": search}
+        return {f"{name}_p50_ms": p50_ms(times[5:]) for name, times in parts.items()}  # warmed up
+
+
+def p50_ms(seconds: list[float]) -> float:
+    return round(float(np.percentile(seconds, 50)) * 1000, 2)
 
 
 def main() -> None:
@@ -147,7 +162,7 @@ def main() -> None:
         result["gpu_flat"] = {**speed, "equal_to_exact_cpu_top10": round(float(same), 4)}
         say("gpu flat", result["gpu_flat"])
     if not args.no_end_to_end:
-        result["end_to_end_p50_ms"] = end_to_end(ids, images, ann, args.device)
+        result.update(end_to_end(ids, images, ann, args.device))
     if args.baseline:
         result["baseline"] = run_json(args.baseline, *baseline_args(args))
     print(json.dumps(result))

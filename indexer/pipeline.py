@@ -9,11 +9,14 @@ once more on its own, and only a second death records it as failed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
+import queue
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +29,7 @@ import numpy as np
 
 from indexer.items import Failed, Seen
 from indexer.scan import FoundFile
+from indexer.slots import PixelSlots, WorkerSlots
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, InputLayout, decode_for_model
 from search.sandbox import StderrCapture, describe_exit, limit_resources, processes
@@ -49,6 +53,7 @@ class Loaded:
 
 
 Item = Loaded | Seen | Failed
+_IN_SLOT = np.empty(0, np.uint8)  # what a Loaded item carries through a pipe: see slots.py
 
 
 class KnownContent:
@@ -97,7 +102,8 @@ def load_batches(
     known = KnownContent(known_hashes)
     if workers:
         chunk = max(1, min(32, batch_size // (2 * workers)))
-        items: Iterable[Item] = _Pool(workers, (known, layout, max_pixels)).run(files, chunk)
+        pool = _Pool(workers, 2 * chunk, (known, layout, max_pixels))
+        items: Iterable[Item] = pool.run(files, chunk, buffer=2 * batch_size)
     else:
         items = (load_file(file, known, layout, max_pixels) for file in files)
     pending: list[Item] = []
@@ -114,6 +120,7 @@ def load_batches(
 class _Worker:
     process: Any
     conn: Connection
+    row: int  # in the pixel slots
     held: deque[int] = field(default_factory=deque)  # sequence numbers, in the order it works
     since: float = field(default_factory=time.monotonic)  # when its current file began
 
@@ -122,25 +129,73 @@ class _Pool:
     """Worker processes fed chunks of files through their own pipes, so the main process always
     knows which file each one is on."""
 
-    def __init__(self, size: int, setup: tuple[KnownContent, InputLayout, int]) -> None:
+    def __init__(self, size: int, depth: int, setup: tuple[KnownContent, InputLayout, int]) -> None:
         self.size = size
+        self.depth = depth  # files a worker holds at most: its slots for their pixels
         self.setup = setup
         self.workers: list[_Worker] = []
+        self.slots: PixelSlots | None = None
 
-    def run(self, files: Sequence[FoundFile], chunk: int) -> Iterator[Item]:
+    def run(self, files: Sequence[FoundFile], chunk: int, buffer: int) -> Iterator[Item]:
+        """Results in the order workers finish them. A thread of this process receives them, so
+        workers keep decoding while the caller encodes (their pipes hold less than one image);
+        at most `buffer` results wait for the caller."""
+        results: queue.Queue[Item | BaseException | None] = queue.Queue(buffer)
+        stop = threading.Event()
+        receiver = threading.Thread(
+            target=self._receive_all,
+            args=(files, chunk, results, stop),
+            name="clipsearch-decode",
+            daemon=True,
+        )
+        receiver.start()
+        try:
+            while (item := results.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            receiver.join()
+
+    def _receive_all(
+        self,
+        files: Sequence[FoundFile],
+        chunk: int,
+        results: queue.Queue[Item | BaseException | None],
+        stop: threading.Event,
+    ) -> None:
+        def hand_over(item: Item | BaseException | None) -> bool:
+            while not stop.is_set():  # the caller may have stopped taking them
+                with contextlib.suppress(queue.Full):
+                    results.put(item, timeout=0.1)
+                    return True
+            return False
+
+        try:
+            with contextlib.closing(self._items(files, chunk, stop)) as items:
+                if all(hand_over(item) for item in items):
+                    hand_over(None)
+        except BaseException as exc:  # raised again in the caller's thread
+            hand_over(exc)
+
+    def _items(
+        self, files: Sequence[FoundFile], chunk: int, stop: threading.Event
+    ) -> Iterator[Item]:
         todo = deque(
             list(range(start, min(start + chunk, len(files))))
             for start in range(0, len(files), chunk)
         )
         retried: set[int] = set()
+        self.slots = PixelSlots(self.size, self.depth, self.setup[1].size)
         try:
-            self.workers = [self._start() for _ in range(self.size)]
-            while todo or any(worker.held for worker in self.workers):
-                self._feed(todo, files, 2 * chunk)
-                wait([w.conn for w in self.workers], timeout=1.0)
+            self.workers = [self._start(row) for row in range(self.size)]
+            while (todo or any(worker.held for worker in self.workers)) and not stop.is_set():
+                self._feed(todo, files)
+                wait([w.conn for w in self.workers], timeout=0.2)
                 for worker in list(self.workers):
-                    # Drained before judging: while the encoder ran, a worker's results may
-                    # have waited in its pipe, and their arrival is what restarts its clock.
+                    # Drained before judging: a worker's results may have waited in its pipe,
+                    # and their arrival is what restarts its clock.
                     yield from self._receive(worker)
                     if _overdue(worker) or not worker.process.is_alive():
                         yield from self._replace(worker, todo, files, retried)
@@ -149,17 +204,20 @@ class _Pool:
                 worker.process.kill()
                 worker.process.join()
                 worker.conn.close()
+            self.slots.close()
 
-    def _start(self) -> _Worker:
+    def _start(self, row: int) -> _Worker:
+        assert self.slots is not None
         ours, theirs = processes.Pipe()
-        process = processes.Process(target=_work, args=(theirs, self.setup), daemon=True)
+        args = (theirs, self.setup, self.slots.worker_view(row))
+        process = processes.Process(target=_work, args=args, daemon=True)
         process.start()
         theirs.close()
-        return _Worker(process, ours)
+        return _Worker(process, ours, row)
 
-    def _feed(self, todo: deque[list[int]], files: Sequence[FoundFile], depth: int) -> None:
+    def _feed(self, todo: deque[list[int]], files: Sequence[FoundFile]) -> None:
         for worker in self.workers:
-            while todo and len(worker.held) < depth:
+            while todo and len(worker.held) < self.depth:
                 seqs = todo.popleft()
                 if not worker.held:
                     worker.since = time.monotonic()
@@ -169,9 +227,12 @@ class _Pool:
     def _receive(self, worker: _Worker) -> Iterator[Item]:
         try:
             while worker.conn.poll():
-                _seq, item, noise = worker.conn.recv()  # in the order the files were sent
+                _seq, item, slot, noise = worker.conn.recv()  # in the order the files were sent
                 worker.held.popleft()
                 worker.since = time.monotonic()
+                if isinstance(item, Loaded):
+                    assert self.slots is not None
+                    item.pixels = self.slots.take(worker.row, slot)
                 if noise:
                     log.debug("decoder output for %s: %s", item.file.path, noise)
                 yield item
@@ -192,7 +253,7 @@ class _Pool:
         worker.process.join()
         worker.conn.close()
         why = "took too long" if _overdue(worker) else describe_exit(worker.process.exitcode)
-        self.workers[self.workers.index(worker)] = self._start()
+        self.workers[self.workers.index(worker)] = self._start(worker.row)
         if not worker.held:
             return
         current, *rest = worker.held
@@ -209,11 +270,14 @@ def _overdue(worker: _Worker) -> bool:
     return bool(worker.held) and time.monotonic() - worker.since > FILE_SECONDS
 
 
-def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> None:
-    """A worker's life: chunks of (sequence number, file) in, one (number, result) out per
-    file, until the main process goes away."""
+def _work(
+    conn: Connection, setup: tuple[KnownContent, InputLayout, int], slots: WorkerSlots
+) -> None:
+    """A worker's life: chunks of (sequence number, file) in, one (number, result, slot) out
+    per file, the pixels in the slot, until the main process goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
     _die_with_parent()
+    slots.open()  # before the memory cap, which counts what is mapped by then as its base
     limit_resources()
     stderr = StderrCapture()
     known, layout, max_pixels = setup
@@ -227,7 +291,10 @@ def _work(conn: Connection, setup: tuple[KnownContent, InputLayout, int]) -> Non
                 item = load_file(file, known, layout, max_pixels)
             except Exception as exc:  # a bug here must cost one file, not the run
                 item = Failed(file, f"cannot decode image ({type(exc).__name__})")
-            conn.send((seq, item, stderr.drain()))
+            slot = -1
+            if isinstance(item, Loaded):
+                slot, item.pixels = slots.put(item.pixels), _IN_SLOT
+            conn.send((seq, item, slot, stderr.drain()))
 
 
 def _die_with_parent() -> None:

@@ -50,6 +50,7 @@ class LocalSource:
         self.batch_size = batch_size or (256 if encoder.device.type == "cuda" else 32)
         self.workers = default_workers() if workers is None else workers
         self.max_pixels = max_pixels
+        self.staging = encoder.staging(self.batch_size)
 
     def batches(self, files: Sequence[FoundFile], known: Iterable[str]) -> Iterator[list[Result]]:
         layout = self.encoder.layout
@@ -59,9 +60,13 @@ class LocalSource:
             yield self._encoded(batch)
 
     def _encoded(self, batch: list[Item]) -> list[Result]:
-        loaded = [item.pixels for item in batch if isinstance(item, Loaded)]
-        vectors = iter(self.encoder.encode_pixels(np.stack(loaded)) if loaded else ())
+        vectors = iter(self._encode([item.pixels for item in batch if isinstance(item, Loaded)]))
         return [_encoded(i, next(vectors)) if isinstance(i, Loaded) else i for i in batch]
+
+    def _encode(self, pixels: list[np.ndarray]) -> np.ndarray:
+        if not pixels:
+            return np.empty((0, self.encoder.dim), np.float32)
+        return self.encoder.encode_pixels(np.stack(pixels, out=self.staging[: len(pixels)]))
 
     def encode_one(self, seen: Seen) -> Encoded | Failed:
         file = seen.file

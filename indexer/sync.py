@@ -50,11 +50,14 @@ class Indexer:
         self.max_pixels = max_pixels
         self.progress = progress  # None: a bar only on a terminal
         self._source: Source | None = None
+        self._model_seconds = 0.0
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            started = time.perf_counter()
             self._encoder = self.collection.encoder(self.device)
+            self._model_seconds += time.perf_counter() - started
         return self._encoder
 
     @property
@@ -100,6 +103,7 @@ class Indexer:
         summary = writer.summary
         summary.scanned = len(sources.files) + len(sources.unreadable)
         summary.seconds = time.perf_counter() - started
+        summary.model_seconds, self._model_seconds = self._model_seconds, 0.0
         return summary
 
     def _encode(self, todo: list[FoundFile], writer: Writer) -> None:

@@ -13,10 +13,11 @@ from sqlalchemy import select
 from indexer.items import Seen
 from indexer.pipeline import Loaded, load_batches
 from indexer.scan import FoundFile, scan
+from indexer.slots import PixelSlots
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
-from search.errors import CollectionError
+from search.errors import CollectionError, StorageError
 from search.model import Encoder
 from search.spec import ModelSpec
 from tests.conftest import SAMPLES
@@ -141,3 +142,35 @@ def test_pipeline_hands_every_new_file_to_the_encoder_in_batches(
     assert all(item.pixels.shape == (64, 64, 3) for item in items if isinstance(item, Loaded))
     reused = [item for item in items if isinstance(item, Seen)]
     assert [i.file.path for i in reused] == ["snowman.png"]  # known content: not decoded
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+def test_indexing_on_the_gpu_gives_the_cpu_vectors(
+    tmp_path: Path, photos: Path, collection: Collection, tiny_spec: ModelSpec
+) -> None:
+    """Decode workers, shared pixel slots, a page-locked batch and fp16 on the GPU: the same
+    images as the CPU's float32 path, within half precision."""
+    gpu = Collection.create_or_open(tmp_path / "gpu", tiny_spec)
+    Indexer(gpu, Encoder(tiny_spec, "cuda"), batch_size=4, workers=2, progress=False).run([photos])
+    cpu_vectors, gpu_vectors = vectors_by_path(collection), vectors_by_path(gpu)
+    assert gpu_vectors.keys() == cpu_vectors.keys()
+    for path, vector in gpu_vectors.items():
+        assert float(vector @ cpu_vectors[path]) > 0.99, path
+
+
+def vectors_by_path(collection: Collection) -> dict[str, np.ndarray]:
+    with collection.catalog.sessions() as session:
+        return {r.path: r.vector for r in session.scalars(select(ImageRecord))}
+
+
+def test_no_room_for_the_decoders_buffers_is_one_line() -> None:
+    """Reserved up front: a full disk (or a small /dev/shm) stops the run with a reason, not a
+    worker with SIGBUS half-way through."""
+    with pytest.raises(StorageError, match=r"^no room for the decoders' \d+ MB of buffers: "):
+        PixelSlots(rows=1000, depth=1000, size=10_000)  # 300 TB
