@@ -58,6 +58,30 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The model a new collection is built with; an existing collection keeps its own."""
+    options = [
+        click.option("--model", help="open_clip architecture name or model-config JSON file."),
+        click.option(
+            "--pretrained",
+            help="open_clip pretrained tag, a local checkpoint file, or 'none' (random weights).",
+        ),
+        click.option(
+            "--text-model",
+            type=click.Path(path_type=str),
+            help="A local folder with the Hugging Face text model's config and tokenizer "
+            "(save_pretrained), for multilingual models with no network.",
+        ),
+    ]
+    return functools.reduce(lambda decorated, option: option(decorated), reversed(options), command)
+
+
+def _spec(model: str | None, pretrained: str | None, text_model: str | None) -> ModelSpec | None:
+    if not (model or pretrained or text_model):
+        return None
+    return ModelSpec.from_args(model, pretrained, text_model)
+
+
 def _setup_logging(quiet: bool) -> None:
     # open_clip logs on the root logger what our own messages already say better.
     logging.basicConfig(format="clipsearch: %(message)s", level=logging.CRITICAL, force=True)
@@ -83,11 +107,7 @@ def cli() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A CSV or JSONL product catalog with an 'image' column, instead of folders.",
 )
-@click.option("--model", help="open_clip architecture name or model-config JSON file.")
-@click.option(
-    "--pretrained",
-    help="open_clip pretrained tag, a local checkpoint file, or 'none' (random weights).",
-)
+@_model_options
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 4096),
@@ -112,6 +132,7 @@ def index(
     catalog: Path | None,
     model: str | None,
     pretrained: str | None,
+    text_model: str | None,
     batch_size: int | None,
     workers: int | None,
     max_pixels: int,
@@ -129,7 +150,7 @@ def index(
 
     if bool(folders) == bool(catalog):
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
-    spec = ModelSpec.from_args(model, pretrained) if model or pretrained else None
+    spec = _spec(model, pretrained, text_model)
     collection = Collection.create_or_open(data_dir, spec)
     indexer = Indexer(collection, None, batch_size, workers, max_pixels, device=device)
     try:
@@ -255,8 +276,7 @@ def _usage(parse: Callable[..., T], *args: Any) -> T:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="CSV with 'image' (relative to --images) and 'caption' columns.",
 )
-@click.option("--model", help="open_clip architecture name or model-config JSON file.")
-@click.option("--pretrained", help="open_clip pretrained tag, checkpoint file, or 'none'.")
+@_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 @_common
 def evaluate(
@@ -264,6 +284,7 @@ def evaluate(
     captions: Path,
     model: str | None,
     pretrained: str | None,
+    text_model: str | None,
     as_json: bool,
     data_dir: Path,
     device: str,
@@ -277,7 +298,7 @@ def evaluate(
     from search.evaluation import evaluate, read_captions
 
     rows = read_captions(captions)
-    spec = ModelSpec.from_args(model, pretrained) if model or pretrained else None
+    spec = _spec(model, pretrained, text_model)
     collection = Collection.create_or_open(data_dir, spec)
     indexer = Indexer(collection, device=device)
     indexer.run([images])
@@ -339,6 +360,7 @@ def stats(as_json: bool, data_dir: Path, device: str) -> None:
         return
     click.echo(f"collection  {data_dir}")
     click.echo(f"model       {data['model']} ({data['embed_dim']}-d)")
+    click.echo(f"multilingual {'yes' if data['multilingual'] else 'no'}")
     click.echo(f"images      {data['images']}")
     click.echo(f"index       {data['index']['type']}, {data['index']['vectors']} vectors")
     click.echo(f"failed      {data['failed']}")

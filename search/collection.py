@@ -115,6 +115,7 @@ class Collection:
             "images": counts["images"],
             "failed": counts["failed"],
             "model": self.spec.name,
+            "multilingual": self.spec.multilingual,
             "embed_dim": self.spec.embed_dim,
             "index": index,
             "failures": failures,
@@ -123,7 +124,7 @@ class Collection:
     def encoder(self, device: str = "auto") -> Encoder:
         from search.model import Encoder  # torch and open_clip: only when a model is needed
 
-        self.spec.verify_checkpoint()
+        self.spec.verify_files()
         return Encoder(self.spec, device)
 
     # The vectors: a FAISS file per catalog generation, so a file always says which catalog

@@ -27,7 +27,7 @@ def read_captions(path: Path) -> list[tuple[str, str]]:
     """(image path relative to the images folder, caption) rows of a CSV with `image` and
     `caption` columns; one image may have several captions."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
             reader = csv.DictReader(handle)
             if not {"image", "caption"} <= set(reader.fieldnames or ()):
                 raise ClipsearchError(f"{path}: needs 'image' and 'caption' columns")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -84,6 +85,47 @@ def _offline_unless_reachable(spec: ModelSpec) -> Iterator[None]:
         hub.HF_HUB_OFFLINE = saved
 
 
+def _model_config(spec: ModelSpec) -> dict[str, Any] | None:
+    """The spec's config, with the Hugging Face text model and tokenizer read from its local
+    folder when it has one."""
+    if not spec.text_model:
+        return spec.config
+    config = copy.deepcopy(spec.config or open_clip.get_model_config(spec.architecture))
+    text = config["text_cfg"]
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if key in text:
+            text[key] = spec.text_model
+    return config
+
+
+def _tokenizer(spec: ModelSpec, name: str) -> Callable[..., torch.Tensor]:
+    """open_clip's tokenizer for the model. A Hugging Face one comes from the same folder or hub
+    repository as the text tower's config, so loading it first turns a missing package, network
+    or file into one line before the model build would fail with a long traceback."""
+    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    from_hub = bool(text.get("hf_tokenizer_name")) and not spec.text_model
+    try:
+        with _offline_unless_reachable(spec) if from_hub else contextlib.nullcontext():
+            return open_clip.get_tokenizer(name)
+    except ImportError as exc:
+        raise ModelError(
+            f"{spec.architecture} needs the Hugging Face libraries ({exc.name}): "
+            "pip install 'clipsearch[multilingual]'"
+        ) from None
+    except OSError as exc:  # transformers: neither network nor a cached copy
+        raise ModelError(_no_text_model(spec, exc)) from None
+
+
+def _no_text_model(spec: ModelSpec, exc: BaseException) -> str:
+    if spec.text_model:
+        return f"cannot load the text model in {spec.text_model}: {str(exc).splitlines()[0]}"
+    return (
+        f"{spec.architecture} needs its Hugging Face text model and tokenizer, and there is no "
+        "network and no cached copy. Prepare a local folder once on a machine with network "
+        "(README: 'Multilingual models offline') and pass it with --text-model FOLDER"
+    )
+
+
 def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Image.Image], Any]]:
     if spec.pretrained == NO_WEIGHTS:
         log.warning(
@@ -93,7 +135,10 @@ def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Imag
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+            # Random means random for a Hugging Face text tower too: no base weights fetched.
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, pretrained_text=False
+            )
         return model, preprocess
     if spec.pretrained == "file":
         try:
@@ -157,13 +202,10 @@ class Encoder:
         self.spec = spec
         self.device = resolve_device(device)
         with contextlib.ExitStack() as stack:
-            name = (
-                stack.enter_context(_registered_config(spec.config))
-                if spec.config
-                else spec.architecture
-            )
+            config = _model_config(spec)
+            name = stack.enter_context(_registered_config(config)) if config else spec.architecture
+            self.tokenizer = _tokenizer(spec, name)  # first: it says in one line what is missing
             model, self.preprocess = _create(spec, name)
-            self.tokenizer = open_clip.get_tokenizer(name)
         self.dtype = torch.float32 if exact else fast_dtype(self.device)
         self.model = model.to(self.device, dtype=self.dtype).eval()
         self.dim = spec.embed_dim

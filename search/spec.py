@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,14 @@ from search.errors import ModelError
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 NO_WEIGHTS = "none"
+
+# Text towers and tokenizers trained on many languages, by the names open_clip gives them (model
+# names, Hugging Face ids) and by the model_type of a local Hugging Face config.
+MULTILINGUAL_MARKERS = ("xlm-roberta", "nllb", "m2m_100", "i18n", "mt5", "multilingual")
+# A local text-model folder, as `save_pretrained` writes it: the config and one tokenizer form.
+TEXT_CONFIG = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "merges.txt")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -38,10 +46,24 @@ class ModelSpec:
     config: dict[str, Any] | None = None  # the model config, when it came from a JSON file
     checkpoint: str | None = None  # absolute path, when pretrained == "file"
     checkpoint_sha256: str | None = None
+    text_model: str | None = None  # absolute path of a local Hugging Face text-model folder
+    text_model_sha256: str | None = None  # of its config and tokenizer files
 
     @classmethod
-    def from_args(cls, model: str | None, pretrained: str | None) -> ModelSpec:
-        """Read `--model NAME|CONFIG.json` and `--pretrained TAG|FILE|none`."""
+    def from_args(
+        cls, model: str | None, pretrained: str | None, text_model: str | None = None
+    ) -> ModelSpec:
+        """Read `--model NAME|CONFIG.json`, `--pretrained TAG|FILE|none` and `--text-model
+        FOLDER`."""
+        spec = cls._from_model_args(model, pretrained)
+        if text_model is None:
+            return spec
+        folder = Path(text_model).resolve()
+        _check_hf_text(spec)
+        return replace(spec, text_model=str(folder), text_model_sha256=text_model_digest(folder))
+
+    @classmethod
+    def _from_model_args(cls, model: str | None, pretrained: str | None) -> ModelSpec:
         import open_clip  # only here: opening an existing collection must not pay for it
 
         model = model or DEFAULT_MODEL
@@ -85,6 +107,8 @@ class ModelSpec:
             "config": self.config,
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "text_model": self.text_model,
+            "text_model_sha256": self.text_model_sha256,
             "embed_dim": self.embed_dim,
         }
 
@@ -97,21 +121,39 @@ class ModelSpec:
             data.get("config"),
             data.get("checkpoint"),
             data.get("checkpoint_sha256"),
+            data.get("text_model"),
+            data.get("text_model_sha256"),
         )
 
     def same_model(self, other: ModelSpec) -> bool:
-        """Same weights and architecture; a checkpoint may move, its content may not change."""
+        """Same weights, architecture and tokenizer; a checkpoint or a text-model folder may
+        move, their content may not change."""
         return (
             self.architecture == other.architecture
             and self.pretrained == other.pretrained
             and self.config == other.config
             and self.checkpoint_sha256 == other.checkpoint_sha256
+            and self.text_model_sha256 == other.text_model_sha256
             and self.embed_dim == other.embed_dim
         )
 
-    def verify_checkpoint(self) -> None:
-        """A collection found on disk names its checkpoint by path: make sure it is still the
-        file the vectors came from."""
+    @property
+    def multilingual(self) -> bool:
+        """Whether the text side was trained on many languages (by its names; no import)."""
+        text = (self.config or {}).get("text_cfg", {})
+        names = [self.text_model, text.get("hf_model_name"), text.get("hf_tokenizer_name")]
+        # A local folder by its config's model_type, whatever the folder is called.
+        names += [_model_type(Path(name)) for name in names if name and Path(name).is_dir()]
+        found = " ".join(str(name).lower() for name in [self.architecture, *names] if name)
+        return any(marker in found for marker in MULTILINGUAL_MARKERS)
+
+    def verify_files(self) -> None:
+        """A collection found on disk names its checkpoint and text-model folder by path: make
+        sure they are still what the vectors came from."""
+        if self.text_model and text_model_digest(Path(self.text_model)) != self.text_model_sha256:
+            raise ModelError(
+                f"the text model in {self.text_model} changed since the collection was built"
+            )
         if self.pretrained != "file":
             return
         assert self.checkpoint is not None
@@ -139,7 +181,48 @@ class ModelSpec:
             NO_WEIGHTS: "random weights",
         }.get(self.pretrained, self.pretrained)
         source = " (config file)" if self.config else ""
-        return f"{self.architecture}{source}, {weights}"
+        text = f", text model from {self.text_model}" if self.text_model else ""
+        return f"{self.architecture}{source}, {weights}{text}"
+
+
+def text_model_digest(folder: Path) -> str:
+    """The sha256 of a local text model's config and tokenizer files, in name order; one line
+    saying what is missing when the folder is not complete."""
+    if not folder.is_dir():
+        raise ModelError(f"--text-model {folder}: not a folder")
+    if not (folder / TEXT_CONFIG).is_file():
+        raise ModelError(
+            f"--text-model {folder} has no {TEXT_CONFIG}: save it there with "
+            "transformers.AutoConfig.from_pretrained(NAME).save_pretrained(FOLDER)"
+        )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"--text-model {folder} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): save it "
+            "there with transformers.AutoTokenizer.from_pretrained(NAME).save_pretrained(FOLDER)"
+        )
+    digest = hashlib.sha256()
+    for name in sorted((TEXT_CONFIG, *TOKENIZER_FILES, *TOKENIZER_EXTRAS)):
+        if (folder / name).is_file():
+            digest.update(f"{name}\n{sha256_file(folder / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_hf_text(spec: ModelSpec) -> None:
+    import open_clip
+
+    text = (spec.config or open_clip.get_model_config(spec.architecture) or {})["text_cfg"]
+    if not {"hf_model_name", "hf_tokenizer_name"} & set(text):
+        raise ModelError(
+            f"--text-model is for models with a Hugging Face text tower or tokenizer (such as "
+            f"xlm-roberta-base-ViT-B-32); {spec.architecture} has its own"
+        )
+
+
+def _model_type(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / TEXT_CONFIG).read_text()).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _read_model_config(path: Path) -> dict[str, Any]:

@@ -4,14 +4,17 @@ CLIP's text tower is causal and pools at the end-of-text token: a token attends 
 before it, so the padding after the last end-of-text token of a batch changes no embedding.
 open_clip's `encode_text` always runs all 77 positions; a 7-token query needs a tenth of that.
 This is open_clip's own forward over the model's modules, on the first L positions, for the
-towers where that is exact; any other tower (Hugging Face text models, non-causal or last-token
-pooling) keeps open_clip's path.
+towers where that is exact. A Hugging Face text tower (the multilingual models) masks its padding
+and pools over the unmasked tokens, so it gets its own forward on tokens cut after the batch's
+last non-padding one. Any other tower (non-causal, or pooled at the last position) keeps open_clip's
+path.
 """
 
 from __future__ import annotations
 
 import open_clip
 import torch
+from open_clip.hf_model import HFTextEncoder
 from open_clip.transformer import text_global_pool
 
 _END_POOLING = ("argmax", "eos")  # pooled at the end-of-text token, which trimming keeps
@@ -29,6 +32,9 @@ def trims(model: torch.nn.Module) -> bool:
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's CLIP.encode_text (unnormalised) over the positions up to the last
     end-of-text token of the batch; the same embedding, for a fraction of the work."""
+    if _masked_hf_tower(model):
+        used = (tokens != model.text.config.pad_token_id).any(dim=0).nonzero()
+        return model.encode_text(tokens[:, : int(used.max()) + 1])
     if not trims(model):
         return model.encode_text(tokens)
     length = _used_length(model, tokens)
@@ -45,6 +51,11 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     if isinstance(model.text_projection, torch.nn.Linear):
         return model.text_projection(x)
     return x @ model.text_projection
+
+
+def _masked_hf_tower(model: torch.nn.Module) -> bool:
+    text = getattr(model, "text", None)
+    return isinstance(text, HFTextEncoder) and text.config.pad_token_id is not None
 
 
 def _used_length(model: torch.nn.Module, tokens: torch.Tensor) -> int:

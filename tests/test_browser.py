@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLES
+from tests import multilingual
+from tests.conftest import SAMPLES, copy_samples, run_cli, serving
 from web.messages import MESSAGES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -160,5 +161,33 @@ def test_the_page_in_chinese_and_a_switch_that_is_remembered(browser: Browser, s
     page.reload()
     expect(page.locator("#q")).to_have_attribute("placeholder", MESSAGES["en"]["placeholder"])
     expect(page.locator("#q")).to_have_value("海边的日落 + 红苹果")
+    context.close()
+    assert not errors
+
+
+@pytest.fixture(scope="module")
+def multilingual_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sample photos indexed with a tiny multilingual model (tests/multilingual.py)."""
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("zh")
+    tiny = multilingual.build(root)
+    photos = copy_samples(root / "photos")
+    run_cli("index", str(photos), *tiny.args, "--data-dir", str(root / "data"), "-q")
+    with serving(root / "data") as (base, _process):
+        yield base
+
+
+def test_a_chinese_query_with_a_multilingual_model(browser: Browser, multilingual_server: str):
+    context = browser.new_context(base_url=multilingual_server, locale="zh-CN")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto("/")
+    page.locator("#q").press_sequentially("猫 + 2:草地 - 狗", delay=40)
+    wait_until(page, f"{LOADED} >= 5")
+    results = MESSAGES["zh"]["results"].split("{ms}")[0].format(count=12)
+    expect(page.locator("#status")).to_contain_text(results)
+    scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
     context.close()
     assert not errors

@@ -100,7 +100,7 @@ def test_local_checkpoint_round_trip(tmp_path: Path, encoder: Encoder) -> None:
     )
     checkpoint.write_bytes(b"changed")
     with pytest.raises(ModelError, match="changed"):
-        spec.verify_checkpoint()
+        spec.verify_files()
 
 
 def test_offline_pretrained_tag_fails_fast_with_guidance() -> None:

@@ -65,6 +65,7 @@ class Stats(BaseModel):
     images: int
     failed: int
     model: str
+    multilingual: bool = Field(description="whether the model's text side knows many languages")
     embed_dim: int
     index: IndexInfo
 
