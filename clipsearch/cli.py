@@ -360,7 +360,7 @@ def stats(as_json: bool, data_dir: Path, device: str) -> None:
         return
     click.echo(f"collection  {data_dir}")
     click.echo(f"model       {data['model']} ({data['embed_dim']}-d)")
-    click.echo(f"multilingual {'yes' if data['multilingual'] else 'no'}")
+    click.echo(f"languages   {'many (multilingual)' if data['multilingual'] else 'English'}")
     click.echo(f"images      {data['images']}")
     click.echo(f"index       {data['index']['type']}, {data['index']['vectors']} vectors")
     click.echo(f"failed      {data['failed']}")

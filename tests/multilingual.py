@@ -8,66 +8,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.stand_in_text_model import text_model_folder
 from tests.conftest import TINY_CONFIG
 
-# Mixed Chinese and English lines for the tokenizer to learn its pieces from.
-LINES = [
-    "海边的日落",
-    "一只猫坐在草地上",
-    "草地上的狗",
-    "红色的苹果和绿色的叶子",
-    "雪人站在雪地里",
-    "城市夜景的灯光",
-    "a cat sitting on the grass",
-    "a dog on the beach at sunset",
-    "a red apple with green leaves",
-    "a snowman in the snow",
-    "city lights at night",
-    "两个人在市场上买水果",
-]
 CONTEXT = 32
-
-
-def text_model_folder(folder: Path) -> Path:
-    """config.json and tokenizer files of a 2-layer XLM-R, in `folder`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import UnigramTrainer
-    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # XLM-R's ids 0-4
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token="<unk>")
-    tokenizer.train_from_iterator(LINES * 20, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        cls_token="<s>",
-        sep_token="</s>",
-        mask_token="<mask>",
-        model_max_length=CONTEXT,
-    )
-    fast.save_pretrained(folder)
-    XLMRobertaConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=CONTEXT + 2,  # RoBERTa's positions start after the padding id
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-    ).save_pretrained(folder)
-    return folder
 
 
 def model_config(path: Path, text_model: str) -> Path:
@@ -102,7 +46,8 @@ def build(root: Path) -> Tiny:
     from search.model import Encoder
     from search.spec import ModelSpec
 
-    folder = text_model_folder(root / "xlmr")
+    sizes = {"hidden": 32, "layers": 2, "heads": 2, "vocab_size": 0, "context": CONTEXT}
+    folder = text_model_folder(root / "xlmr", **sizes)
     config = model_config(root / "tiny-xlmr.json", str(folder))
     random = Encoder(ModelSpec.from_args(str(config), "none"), "cpu", exact=True)
     torch.save(random.model.state_dict(), root / "tiny-xlmr.pt")
