@@ -107,7 +107,7 @@ class SearchEngine:
                 total += sign * term.weight * self._embed(term)
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
-            raise BadRequest("the query terms cancel out")
+            raise BadRequest("the query terms cancel out", code="terms_cancel")
         return total / norm
 
     def _embed(self, term: Term) -> np.ndarray:
@@ -217,7 +217,7 @@ class SearchEngine:
             with self.collection.catalog.sessions() as session:
                 record = session.get(ImageRecord, image_id)
         if record is None:
-            raise NotFound(f"no image with id {image_id}")
+            raise NotFound(f"no image with id {image_id}", code="no_image", id=image_id)
         return record
 
     def _records(self, ids: list[int]) -> dict[int, ImageRecord]:

@@ -40,6 +40,10 @@ def parse_query(query: str) -> list[QueryPart]:
             weight = float(match.group(1))
             text = text[match.end() :].strip()
             if not 0 < weight <= MAX_WEIGHT:
-                raise BadRequest(f"a term's weight must be above 0 and at most {MAX_WEIGHT:g}")
+                raise BadRequest(
+                    f"a term's weight must be above 0 and at most {MAX_WEIGHT:g}",
+                    code="weight",
+                    max=MAX_WEIGHT,
+                )
         parts.append(QueryPart(text, weight, sign == "-"))
     return parts

@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 from indexer.sync import Indexer
 from search.collection import Collection
 from search.engine import SearchEngine
+from search.errors import CODES
 from search.model import Encoder
 from tests.conftest import SAMPLES, copy_samples
 from web import create_app
@@ -146,7 +147,24 @@ def test_bad_requests_get_json_errors(server: str, path: str, params: dict, stat
     assert response.status_code == status
     assert response.headers["Content-Type"].startswith("application/json")
     assert "error" in response.json() and "Traceback" not in response.text
+    assert response.json()["code"] in CODES
     assert "root:" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "fields"),
+    [
+        ({"q": "猫 - 猫"}, "terms_cancel", {}),
+        ({"q": "2000:猫"}, "weight", {"max": 100}),
+        ({"image_id": "999999"}, "no_image", {"id": 999999}),
+        ({"q": "dog", "date_from": "notadate"}, "bad_request", {}),
+    ],
+)
+def test_errors_carry_a_code_and_fields_for_translation(
+    server: str, params: dict, code: str, fields: dict
+) -> None:
+    answer = get(server, "/api/search", **params).json()
+    assert (answer["code"], answer["fields"]) == (code, fields), answer
 
 
 def test_bad_post_bodies(server: str) -> None:

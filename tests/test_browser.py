@@ -132,7 +132,7 @@ def test_query_text_is_never_markup(page: Page) -> None:
 @pytest.mark.http_errors
 def test_error_and_keyboard(page: Page) -> None:
     page.goto("/?image_id=999999")
-    expect(page.locator("#status [role=alert]")).to_contain_text("no image with id 999999")
+    expect(page.locator("#status [role=alert]")).to_have_text("There is no image with id 999999.")
     page.locator("body").click()
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "q"
@@ -189,5 +189,7 @@ def test_a_chinese_query_with_a_multilingual_model(browser: Browser, multilingua
     expect(page.locator("#status")).to_contain_text(results)
     scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
+    page.locator("#q").fill("猫 - 猫")  # the server's error, said in the page's language
+    expect(page.locator("#status [role=alert]")).to_have_text(MESSAGES["zh"]["error_terms_cancel"])
     context.close()
     assert not errors

@@ -8,6 +8,7 @@ import re
 import pytest
 import requests
 
+from search.errors import CODES
 from search.request import SearchRequest
 from web.messages import MESSAGES
 
@@ -22,6 +23,12 @@ def test_every_language_has_every_message_with_the_same_fields() -> None:
         assert messages.keys() == english.keys(), language
         for key, text in messages.items():
             assert fields(text) == fields(english[key]), (language, key)
+
+
+def test_every_error_code_has_a_sentence() -> None:
+    """The page says each of the server's errors in its own language (web/static/app.js)."""
+    sentences = {key for key in MESSAGES["en"] if key.startswith("error_")}
+    assert sentences == {f"error_{code}" for code in CODES}
 
 
 @pytest.mark.parametrize(

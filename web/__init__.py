@@ -73,20 +73,22 @@ def _clipsearch_error(exc: ClipsearchError) -> Any:
     status = error_status(exc)
     if status == 503:
         log.error("%s %s: %s", request.method, request.path, exc)
-    return jsonify(error=str(exc)), status
+    return jsonify(error=str(exc), code=exc.code, fields=exc.fields), status
 
 
 def _http_error(exc: HTTPException) -> Any:
-    messages = {413: "request body too large"}
-    response = jsonify(error=messages.get(exc.code or 500, exc.description or exc.name))
+    status = exc.code or 500
+    message = "request body too large" if status == 413 else exc.description or exc.name
+    code = "too_large" if status == 413 else "bad_request" if status < 500 else "internal"
+    response = jsonify(error=message, code=code, fields={})
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response, exc.code
+    return response, status
 
 
 def _unexpected_error(exc: Exception) -> Any:
     log.exception("unexpected error on %s %s", request.method, request.path)
-    return jsonify(error="internal error"), 500
+    return jsonify(error="internal error", code="internal", fields={}), 500
 
 
 def _security_headers(response: Any) -> Any:

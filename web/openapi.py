@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from search.errors import CODES
 from search.filters import filters_schema
 from search.request import FLAT_FIELDS, MAX_IMAGE_ID, SearchRequest
 
@@ -19,7 +20,12 @@ REF = "#/components/schemas/{model}"
 
 
 class Error(BaseModel):
-    error: str
+    error: str = Field(description="What went wrong, in English, fit to show a user.")
+    code: str = Field(
+        description="The kind of error, for saying it in another language.",
+        json_schema_extra={"enum": list(CODES)},
+    )
+    fields: dict[str, Any] = Field(description="The values the message was made from.")
 
 
 class Result(BaseModel):

@@ -87,7 +87,7 @@ async function search({ append = false, push = false } = {}) {
       response = await fetch(`/api/search?${params}`, { signal: request.signal });
     }
     const data = await response.json();
-    if (!response.ok) throw new Error(data.error || t("server_answered", { status: response.status }));
+    if (!response.ok) throw new Error(errorText(data, response.status));
     if (!append) grid.replaceChildren();
     show(data, append);
   } catch (error) {
@@ -116,6 +116,13 @@ function show(data, append) {
     Object.assign(fields, { id: state.like, name: state.upload && (state.upload.name || t("pasted_image")) });
     setStatus(state.hits.length ? t(key, fields) : t("nothing"));
   }
+}
+
+// The server's error in the page's language: by its code, with its English message as {detail}.
+function errorText(data, status) {
+  if (!data.error) return t("server_answered", { status });
+  const key = `error_${data.code}`;
+  return key in MESSAGES ? t(key, { ...data.fields, detail: data.error }) : data.error;
 }
 
 function setStatus(text, error = false) {
