@@ -150,10 +150,16 @@ class ModelSpec:
     def verify_files(self) -> None:
         """A collection found on disk names its checkpoint and text-model folder by path: make
         sure they are still what the vectors came from."""
-        if self.text_model and text_model_digest(Path(self.text_model)) != self.text_model_sha256:
-            raise ModelError(
-                f"the text model in {self.text_model} changed since the collection was built"
-            )
+        if self.text_model:
+            if not Path(self.text_model).is_dir():
+                raise ModelError(
+                    f"the collection's text model folder {self.text_model} is missing: put it "
+                    "back, or index into a new collection"
+                )
+            if text_model_digest(Path(self.text_model)) != self.text_model_sha256:
+                raise ModelError(
+                    f"the text model in {self.text_model} changed since the collection was built"
+                )
         if self.pretrained != "file":
             return
         assert self.checkpoint is not None

@@ -143,3 +143,23 @@ def test_a_text_model_folder_missing_a_file_is_one_line(
     failed = run_cli("index", str(photos), *args, "--data-dir", str(tmp_path / "d"), check=False)
     assert failed.returncode == 1 and says in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+
+
+def test_a_moved_or_changed_text_model_folder_is_one_line(
+    tiny: Tiny, tmp_path: Path, photos: Path
+) -> None:
+    folder = tmp_path / "text"
+    folder.mkdir()
+    for file in tiny.folder.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    hub = model_config(tmp_path / "hub-named.json", "xlm-roberta-base")
+    data = ["--data-dir", str(tmp_path / "d")]
+    args = ["--model", str(hub), "--pretrained", str(tiny.checkpoint), "--text-model", str(folder)]
+    run_cli("index", str(photos), *args, *data, "-q")
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("32", "33"))
+    changed = run_cli("search", "猫", *data, check=False)
+    assert changed.returncode == 1 and "changed since the collection was built" in changed.stderr
+    folder.rename(tmp_path / "elsewhere")
+    moved = run_cli("search", "猫", *data, check=False)
+    assert moved.returncode == 1 and "is missing: put it back" in moved.stderr
+    assert len(moved.stderr.strip().splitlines()) == 1, moved.stderr
