@@ -133,11 +133,7 @@ def test_text_model_folder_replaces_the_hub_name(
 def test_a_text_model_folder_missing_a_file_is_one_line(
     tiny: Tiny, tmp_path: Path, photos: Path, missing: str, says: str
 ) -> None:
-    folder = tmp_path / "incomplete"
-    folder.mkdir()
-    for file in tiny.folder.iterdir():
-        if file.name != missing:
-            (folder / file.name).write_bytes(file.read_bytes())
+    folder = copy_folder(tiny.folder, tmp_path / "incomplete", leave_out=missing)
     hub = model_config(tmp_path / "hub-named.json", "xlm-roberta-base")
     args = ["--model", str(hub), "--pretrained", str(tiny.checkpoint), "--text-model", str(folder)]
     failed = run_cli("index", str(photos), *args, "--data-dir", str(tmp_path / "d"), check=False)
@@ -148,10 +144,7 @@ def test_a_text_model_folder_missing_a_file_is_one_line(
 def test_a_moved_or_changed_text_model_folder_is_one_line(
     tiny: Tiny, tmp_path: Path, photos: Path
 ) -> None:
-    folder = tmp_path / "text"
-    folder.mkdir()
-    for file in tiny.folder.iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
+    folder = copy_folder(tiny.folder, tmp_path / "text")
     hub = model_config(tmp_path / "hub-named.json", "xlm-roberta-base")
     data = ["--data-dir", str(tmp_path / "d")]
     args = ["--model", str(hub), "--pretrained", str(tiny.checkpoint), "--text-model", str(folder)]
@@ -163,3 +156,11 @@ def test_a_moved_or_changed_text_model_folder_is_one_line(
     moved = run_cli("search", "猫", *data, check=False)
     assert moved.returncode == 1 and "is missing: put it back" in moved.stderr
     assert len(moved.stderr.strip().splitlines()) == 1, moved.stderr
+
+
+def copy_folder(source: Path, target: Path, leave_out: str = "") -> Path:
+    target.mkdir()
+    for file in source.iterdir():
+        if file.name != leave_out:
+            (target / file.name).write_bytes(file.read_bytes())
+    return target
