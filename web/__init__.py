@@ -73,14 +73,14 @@ def _clipsearch_error(exc: ClipsearchError) -> Any:
     status = error_status(exc)
     if status == 503:
         log.error("%s %s: %s", request.method, request.path, exc)
-    return jsonify(error=str(exc), code=exc.code, fields=exc.fields), status
+    return _error_json(str(exc), exc.code, exc.fields), status
 
 
 def _http_error(exc: HTTPException) -> Any:
     status = exc.code or 500
     message = "request body too large" if status == 413 else exc.description or exc.name
-    code = "too_large" if status == 413 else "bad_request" if status < 500 else "internal"
-    response = jsonify(error=message, code=code, fields={})
+    code = {413: "too_large", 404: "not_found"}.get(status, "bad_request")
+    response = _error_json(message, code if status < 500 else "internal")
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
     return response, status
@@ -88,7 +88,12 @@ def _http_error(exc: HTTPException) -> Any:
 
 def _unexpected_error(exc: Exception) -> Any:
     log.exception("unexpected error on %s %s", request.method, request.path)
-    return jsonify(error="internal error", code="internal", fields={}), 500
+    return _error_json("internal error", "internal"), 500
+
+
+def _error_json(message: str, code: str, fields: dict[str, Any] | None = None) -> Any:
+    """Every error's body: the English message, and its code and fields for a translation."""
+    return jsonify(error=message, code=code, fields=fields or {})
 
 
 def _security_headers(response: Any) -> Any:
