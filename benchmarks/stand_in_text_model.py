@@ -82,6 +82,41 @@ def text_model_folder(
     return folder
 
 
+def nllb_folder(folder: Path, hidden: int = 1024, layers: int = 12, context: int = 512) -> Path:
+    """config.json and tokenizer files of an NLLB encoder (NLLB-200-distilled-600M's shape by
+    default): an M2M100 config and NLLB's tokenizer, which marks each text with its language."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+    from transformers import M2M100Config, NllbTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    bpe.train_from_iterator(LINES * 20, BpeTrainer(vocab_size=400, special_tokens=specials))
+    trained = json.loads(bpe.to_str())["model"]
+    merges = [tuple(pair) for pair in trained["merges"]]
+    tokenizer = NllbTokenizer(vocab=trained["vocab"], merges=merges, src_lang="eng_Latn")
+    tokenizer.model_max_length = context
+    tokenizer.save_pretrained(folder)
+    M2M100Config(
+        vocab_size=len(tokenizer),  # the language codes come after the trained pieces
+        d_model=hidden,
+        encoder_layers=layers,
+        decoder_layers=1,  # open_clip keeps the encoder only
+        encoder_attention_heads=max(2, hidden // 64),
+        decoder_attention_heads=max(2, hidden // 64),
+        encoder_ffn_dim=4 * hidden,
+        decoder_ffn_dim=4 * hidden,
+        max_position_embeddings=context,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    ).save_pretrained(folder)
+    return folder
+
+
 def random_checkpoint(architecture: str, text_model: Path, path: Path) -> None:
     """The whole model's random weights, saved as an open_clip checkpoint file."""
     import torch

@@ -20,7 +20,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from search import text
+from search import languages, text
 from search.errors import ModelError
 from search.imaging import InputLayout, model_input
 from search.spec import NO_WEIGHTS, ModelSpec
@@ -106,7 +106,7 @@ def _tokenizer(spec: ModelSpec, name: str) -> Callable[..., torch.Tensor]:
     from_hub = bool(text.get("hf_tokenizer_name")) and not spec.text_model
     try:
         with _offline_unless_reachable(spec) if from_hub else contextlib.nullcontext():
-            return open_clip.get_tokenizer(name)
+            tokenizer = open_clip.get_tokenizer(name)
     except ImportError as exc:
         raise ModelError(
             f"{spec.architecture} needs the Hugging Face libraries ({exc.name}): "
@@ -114,6 +114,7 @@ def _tokenizer(spec: ModelSpec, name: str) -> Callable[..., torch.Tensor]:
         ) from None
     except OSError as exc:  # transformers: neither network nor a cached copy
         raise ModelError(_no_text_model(spec, exc)) from None
+    return languages.by_language(tokenizer)
 
 
 def _no_text_model(spec: ModelSpec, exc: BaseException) -> str:

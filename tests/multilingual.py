@@ -8,21 +8,23 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.stand_in_text_model import text_model_folder
+from benchmarks.stand_in_text_model import nllb_folder, text_model_folder
 from tests.conftest import TINY_CONFIG
 
 CONTEXT = 32
 
 
-def model_config(path: Path, text_model: str) -> Path:
-    """An open_clip config: the tiny test vision tower, an XLM-R text tower from `text_model`
-    (a folder, or a hub name that --text-model replaces)."""
+def model_config(path: Path, text_model: str, **text: str) -> Path:
+    """An open_clip config: the tiny test vision tower, a Hugging Face text tower from
+    `text_model` (a folder, or a hub name that --text-model replaces), pooled as `text` says
+    (XLM-R's mean by default)."""
     config = json.loads(TINY_CONFIG.read_text())
     config["text_cfg"] = {
         "hf_model_name": text_model,
         "hf_tokenizer_name": text_model,
         "hf_pooler_type": "mean_pooler",
         "context_length": CONTEXT,
+        **text,
     }
     path.write_text(json.dumps(config))
     return path
@@ -52,3 +54,11 @@ def build(root: Path) -> Tiny:
     random = Encoder(ModelSpec.from_args(str(config), "none"), "cpu", exact=True)
     torch.save(random.model.state_dict(), root / "tiny-xlmr.pt")
     return Tiny(folder, config, root / "tiny-xlmr.pt")
+
+
+def nllb_config(root: Path) -> Path:
+    """A tiny NLLB-CLIP-style model: NLLB's tokenizer and an M2M100 encoder, pooled at the first
+    token and projected linearly, as open_clip's nllb-clip configs do."""
+    folder = nllb_folder(root / "nllb", hidden=32, layers=2, context=CONTEXT)
+    pooling = {"hf_pooler_type": "cls_pooler", "hf_proj_type": "linear"}
+    return model_config(root / "tiny-nllb.json", str(folder), **pooling)

@@ -16,10 +16,11 @@ import torch
 
 from search import text
 from search.errors import ModelError
+from search.languages import language_code
 from search.model import Encoder
 from search.spec import ModelSpec
 from tests.conftest import TINY_ARGS, run_cli, serving
-from tests.multilingual import Tiny, build, model_config
+from tests.multilingual import Tiny, build, model_config, nllb_config
 
 pytest.importorskip("transformers")
 
@@ -36,6 +37,12 @@ def encoder(tiny: Tiny) -> Encoder:
     return Encoder(ModelSpec.from_args(str(tiny.config), str(tiny.checkpoint)), "cpu")
 
 
+@pytest.fixture(scope="module")
+def nllb(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+    config = nllb_config(tmp_path_factory.mktemp("nllb"))
+    return Encoder(ModelSpec.from_args(str(config), "none"), "cpu")
+
+
 def test_the_spec_says_multilingual(tiny: Tiny, tiny_spec: ModelSpec) -> None:
     assert ModelSpec.from_args(str(tiny.config), "none").multilingual
     assert ModelSpec.from_args("xlm-roberta-base-ViT-B-32", "none").multilingual
@@ -50,8 +57,12 @@ def test_the_checkpoint_gives_the_random_model_back(tiny: Tiny) -> None:
     assert np.array_equal(random.encode_texts(QUERIES), loaded.encode_texts(QUERIES))
 
 
-def test_cut_text_encoding_equals_the_padded_forward(encoder: Encoder) -> None:
-    """The Hugging Face tower masks padding: cutting the batch after its longest query is exact."""
+@pytest.mark.parametrize("tower", ["encoder", "nllb"])
+def test_cut_text_encoding_equals_the_padded_forward(
+    tower: str, request: pytest.FixtureRequest
+) -> None:
+    """The Hugging Face towers mask padding: cutting a batch after its longest query is exact."""
+    encoder = request.getfixturevalue(tower)
     tokens = encoder.tokenizer(QUERIES)
     assert tokens.shape[1] > 12 and (tokens[:, 12:] == 1).all()  # mostly padding
     with torch.inference_mode():
@@ -164,3 +175,35 @@ def copy_folder(source: Path, target: Path, leave_out: str = "") -> Path:
         if file.name != leave_out:
             (target / file.name).write_bytes(file.read_bytes())
     return target
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("海边的日落", "zho_Hans"),
+        ("猫 + 2:草地 - dog", "zho_Hans"),
+        ("東京タワーの夜景", "jpn_Jpan"),  # kanji and kana: Japanese
+        ("서울의 밤", "kor_Hang"),
+        ("Москва зимой", "rus_Cyrl"),
+        ("a dog on the beach", "eng_Latn"),
+        ("plage au coucher du soleil", "eng_Latn"),
+    ],
+)
+def test_a_query_gets_the_language_of_its_script(query: str, code: str) -> None:
+    assert language_code(query) == code
+
+
+def test_nllb_marks_each_query_with_its_own_language(nllb: Encoder) -> None:
+    """One batch, two languages: each text starts with its own code, and the code changes the
+    embedding (left as English, as NLLB's tokenizer would, a Chinese query embeds otherwise)."""
+    hf = nllb.tokenizer.tokenizer.tokenizer  # ours, then open_clip's, then Hugging Face's
+    codes = [hf.convert_tokens_to_ids(code) for code in ("zho_Hans", "eng_Latn", "zho_Hans")]
+    tokens = nllb.tokenizer(["海边的日落", "a dog on the beach", "雪人"])
+    assert tokens[:, 0].tolist() == codes
+    hf.src_lang = "eng_Latn"
+    as_english = nllb.tokenizer.tokenizer(["海边的日落"])
+    assert as_english[0, 0] == codes[1] and (as_english[0, 1:] == tokens[0, 1:]).all()
+    with torch.inference_mode():
+        english = nllb.model.encode_text(as_english).float()
+    chinese = nllb.encode_texts(["海边的日落"])[0]
+    assert float(chinese @ torch.nn.functional.normalize(english, dim=-1)[0].numpy()) < 0.999
