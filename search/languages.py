@@ -3,8 +3,8 @@
 NLLB-CLIP's text tower reads a language code before the text (`zho_Hans 海边的日落`); its
 tokenizer writes `eng_Latn` unless told otherwise, which costs Chinese queries much of their
 published recall. The code is taken from the script a query is written in: no dependency, no
-model, and right for the scripts that name one language. Latin-script queries stay `eng_Latn`,
-which NLLB's encoder tolerates for its other Latin languages far better than for other scripts.
+model, and right for the scripts that name one language. Latin-script queries stay `eng_Latn`:
+the script cannot tell French from English (not measured here: there are no real weights).
 """
 
 from __future__ import annotations
