@@ -8,6 +8,8 @@ about 0.3, image-image cosines 0.5 to 0.9), so the query arrives from outside th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 
@@ -24,19 +26,22 @@ class ClipLike:
     def images(self, n: int, subjects: int | None = None) -> np.ndarray:
         """`n` image embeddings in `subjects` clusters (default: about 200 images per subject),
         with sub-clusters inside each subject, as photos of one event are."""
+        return np.concatenate(list(self.image_chunks(n, subjects)))
+
+    def image_chunks(
+        self, n: int, subjects: int | None = None, size: int = 65536
+    ) -> Iterator[np.ndarray]:
+        """`images(n)`, `size` rows at a time: a collection bigger than memory."""
         subjects = subjects or max(8, n // 200)
         centres = _unit(self.rng.standard_normal((subjects, self.dim)))
         scenes = _unit(self.rng.standard_normal((subjects * 8, self.dim)))
         scene = self.rng.integers(0, subjects * 8, n)
-        out = np.empty((n, self.dim), dtype=np.float32)
-        for start in range(0, n, 65536):
-            part = slice(start, min(n, start + 65536))
-            s = scene[part]
+        for start in range(0, n, size):
+            s = scene[start : start + size]
             noise = _unit(self.rng.standard_normal((len(s), self.dim)))
-            out[part] = _unit(
+            yield _unit(
                 0.75 * self.image_mean + 0.45 * centres[s // 8] + 0.3 * scenes[s] + 0.35 * noise
             )
-        return out
 
     def texts_for(self, images: np.ndarray) -> np.ndarray:
         """One caption-like query per image: mostly the text modality's own direction, plus the

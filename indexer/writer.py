@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from indexer.items import Encoded, Failed, Result, Seen
 from indexer.plan import Key, Known, Plan, Sources
 from indexer.scan import FoundFile, Unreadable
-from search.catalog import Failure, ImageRecord
+from search.catalog import Failure, ImageRecord, StoredVector
 from search.collection import Collection
 from search.errors import StorageError
 
@@ -142,7 +142,6 @@ class Writer:
             "height": item.height,
             "ext": file.ext,
             "taken_at": item.taken_at or _file_time(file),
-            "embedding": vector.tobytes(),
             "attributes": self.attributes.get(key, {}),
             "indexed_at": datetime.now(),
         }
@@ -160,6 +159,7 @@ class Writer:
             return
         for name, value in fields.items():
             setattr(record, name, value)
+        record.stored.data = vector.tobytes()
         changes.dropped.append(record.id)
         changes.added.append((record.id, vector))
         self.known[key] = Known(record.id, file.size, file.mtime_ns, item.sha256)
@@ -172,6 +172,11 @@ class Writer:
             return
         statement = insert(ImageRecord).returning(ImageRecord.id, sort_by_parameter_order=True)
         ids = session.scalars(statement, [fields for _, fields, _ in changes.inserts]).all()
+        vectors = [vector.tobytes() for _, _, vector in changes.inserts]
+        session.execute(
+            insert(StoredVector),
+            [{"id": image_id, "data": data} for image_id, data in zip(ids, vectors, strict=True)],
+        )
         for image_id, (key, fields, vector) in zip(ids, changes.inserts, strict=True):
             self.known[key] = Known(image_id, fields["size"], fields["mtime_ns"], fields["sha256"])
             changes.added.append((image_id, vector))

@@ -16,16 +16,22 @@ from sqlalchemy import select
 
 from search.catalog import Catalog, Failure
 from search.errors import CollectionError, StorageError
+from search.halfvectors import HALF_VECTORS, HalfVectors
+from search.migrations import SCHEMA_VERSION
 from search.spec import ModelSpec
 from search.storage import writing
-from search.vectors import VectorIndex
+from search.vectors import (
+    COMPRESSED_TRAINING_PER_LIST,
+    VectorIndex,
+    compressed_lists,
+    compresses,
+)
 
 if TYPE_CHECKING:
     from search.model import Encoder
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 THUMBNAILS = "thumbs"
@@ -48,6 +54,7 @@ class Collection:
         self.read_only = root.exists() and not os.access(root, os.W_OK)
         self.catalog = Catalog(root / CATALOG, read_only=self.read_only)
         self.thumbnails = root / THUMBNAILS
+        self._seen = 0  # the newest saved generation a read-only collection has looked at
 
     @classmethod
     def open(cls, data_dir: Path) -> Collection:
@@ -58,8 +65,27 @@ class Collection:
                 "or point --data-dir (or $CLIPSEARCH_DATA_DIR) at one"
             )
         collection = cls(data_dir, ModelSpec.from_json(manifest["model"]))
-        collection.catalog.generation()  # a damaged catalog says so now, in one line
+        collection._upgrade()  # a damaged catalog says so now, in one line
         return collection
+
+    def _upgrade(self) -> None:
+        """Bring an older catalog to this release's schema, in place and under the writer
+        lock; the manifest follows, so an older release refuses it in one line of its own."""
+        version = self.catalog.schema_version()
+        if version > SCHEMA_VERSION:
+            raise CollectionError(_newer(self.root, version))
+        if version == SCHEMA_VERSION:
+            return
+        if self.read_only:
+            raise CollectionError(
+                f"{self.root} holds a collection of schema version {version}, from an older "
+                f"clipsearch; this one reads version {SCHEMA_VERSION}. Open it once where it "
+                "can be written (any clipsearch command) to upgrade it in place"
+            )
+        with self.writer():
+            self.catalog.upgrade()
+            _save_manifest(self.root, self.spec)
+        log.info("upgraded %s from schema %d to %d", self.root, version, SCHEMA_VERSION)
 
     @classmethod
     def create_or_open(cls, data_dir: Path, spec: ModelSpec | None) -> Collection:
@@ -75,8 +101,8 @@ class Collection:
                     "--data-dir, or leave out --model/--pretrained to use the collection's model"
                 )
             # Nothing encoded yet (a first run that failed to get its weights): free to change.
-            for stale in data_dir.glob("vectors-*.faiss"):
-                stale.unlink()
+            for stale in [*data_dir.glob("vectors-*.faiss"), data_dir / HALF_VECTORS]:
+                stale.unlink(missing_ok=True)
             log.info("the empty collection in %s now uses %s", data_dir, spec.describe())
             return cls._write_manifest(data_dir, spec)
         spec = spec or ModelSpec.from_args(None, None)
@@ -89,9 +115,7 @@ class Collection:
 
     @classmethod
     def _write_manifest(cls, data_dir: Path, spec: ModelSpec) -> Collection:
-        _write_json_atomic(
-            data_dir / MANIFEST, {"schema_version": SCHEMA_VERSION, "model": spec.to_json()}
-        )
+        _save_manifest(data_dir, spec)
         return cls(data_dir, spec)
 
     def stats(self, vectors: VectorIndex | None = None) -> dict[str, Any]:
@@ -133,19 +157,54 @@ class Collection:
     def vectors_path(self, generation: int) -> Path:
         return self.root / f"vectors-{generation}.faiss"
 
+    def published(self) -> int:
+        """The generation to answer from: the catalog's. A read-only collection's catalog is
+        opened immutable when no writer's WAL is in sight, and SQLite would then never see a
+        new generation: there the newest saved index is the signal, and the catalog is opened
+        afresh to read the rows it indexes."""
+        if not self.read_only:
+            return self.catalog.generation()
+        names = (path.stem.removeprefix("vectors-") for path in self.root.glob("vectors-*.faiss"))
+        newest = max((int(name) for name in names if name.isdigit()), default=0)
+        if newest != self._seen:
+            self.catalog.engine.dispose()
+            self.catalog, self._seen = Catalog(self.root / CATALOG, read_only=True), newest
+        return newest or self.catalog.generation()
+
     def load_vectors(self) -> tuple[VectorIndex, int]:
         """The index matching the catalog, rebuilt from the catalog's embeddings when the saved
         one is missing or stale (after a crash, or while an indexer runs)."""
-        generation = self.catalog.generation()
+        generation = self.published()
         path = self.vectors_path(generation)
-        if path.exists() and (index := self._readable(path, VectorIndex.load)):
+        if path.exists() and (index := self._readable(path, self._load)):
             return index, generation
-        generation, ids, vectors = self.catalog.snapshot_vectors()
-        index = VectorIndex.build(self.spec.embed_dim, ids, vectors)
+        index, generation = self._built()
         if not self.read_only and not self.writer_active():
             with contextlib.suppress(StorageError):  # derived data: next time, then
                 index = self.save_vectors(index, generation)
         return index, generation
+
+    def _load(self, path: Path) -> VectorIndex:
+        return VectorIndex.load(path, self.half_vectors)
+
+    @property
+    def half_vectors(self) -> HalfVectors:
+        return HalfVectors(self.root / HALF_VECTORS, self.spec.embed_dim)
+
+    def _built(self) -> tuple[VectorIndex, int]:
+        """An index of the type the catalog's size calls for, built from one snapshot of it; a
+        compressed one streams the catalog through memory and rewrites the full vectors."""
+        with self.catalog.sessions() as session:
+            generation = self.catalog.generation(session)
+            count = self.catalog.counts(session)["images"]
+            if not compresses(count):
+                _, ids, vectors = self.catalog.snapshot_vectors(session)
+                return VectorIndex.build(self.spec.embed_dim, ids, vectors), generation
+            log.info("building a compressed index of %d vectors", count)
+            wanted = COMPRESSED_TRAINING_PER_LIST * compressed_lists(count)
+            sample = self.catalog.sample_vectors(session, wanted)
+            chunks = self.catalog.vector_chunks(session, 50_000)
+            return VectorIndex.compressed(sample, count, chunks, self.half_vectors), generation
 
     def _readable(self, path: Path, read: Callable[[Path], VectorIndex]) -> VectorIndex | None:
         """A saved index is derived data: one that cannot be read is rebuilt, not an error."""
@@ -163,7 +222,8 @@ class Collection:
         """Save, first rebuilding the index if the collection has outgrown its type; returns
         the index saved."""
         if index.wants_rebuild():
-            index = index.rebuilt()
+            log.info("rebuilding the vector index for %d vectors", len(index))
+            index, _ = self._built()
         index.save(self.vectors_path(generation))
         for old in self.root.glob("vectors-*.faiss"):
             if old != self.vectors_path(generation):
@@ -206,12 +266,24 @@ def _read_manifest(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise CollectionError(f"cannot read {path}: {exc}") from exc
     version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise CollectionError(
-            f"{data_dir} holds a collection of schema version {version}; this clipsearch "
-            f"reads version {SCHEMA_VERSION}"
-        )
+    if not isinstance(version, int) or version < 1:
+        raise CollectionError(f"{path} names no schema version")
+    if version > SCHEMA_VERSION:
+        raise CollectionError(_newer(data_dir, version))
     return manifest
+
+
+def _newer(data_dir: Path, version: int) -> str:
+    return (
+        f"{data_dir} holds a collection of schema version {version}, from a newer clipsearch; "
+        f"this one reads up to version {SCHEMA_VERSION}: upgrade clipsearch to open it"
+    )
+
+
+def _save_manifest(data_dir: Path, spec: ModelSpec) -> None:
+    _write_json_atomic(
+        data_dir / MANIFEST, {"schema_version": SCHEMA_VERSION, "model": spec.to_json()}
+    )
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

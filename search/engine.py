@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import raiseload
 
 from search.batching import QueryEncoder
-from search.catalog import ImageRecord
+from search.catalog import ImageRecord, StoredVector
 from search.collection import Collection
 from search.errors import BadRequest, NotFound
 from search.filters import Filters, facets
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Ids kept across cached filters: about 50 bytes each with FAISS's selector, so ~250 MB at most.
-FILTER_CACHE_IDS = 5_000_000
+# Bytes of cached filter bitmaps: 200 filters of a 10M-image catalog (1.25 MB each).
+FILTER_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -75,20 +75,21 @@ class SearchEngine:
         return len(self._vectors)
 
     def refresh(self) -> None:
-        """Follow the catalog: load the saved index of its generation if there is one; rebuild
-        from the catalog only when no indexer is mid-run (else keep answering from the last
-        complete index)."""
-        generation = self.collection.catalog.generation()
-        if generation == self._generation:
+        """Follow the collection: load the saved index of a newer generation if there is one;
+        rebuild from the catalog only when no indexer is mid-run (else keep answering from the
+        last complete index). One request loads while the others answer from the old index:
+        a compressed index of 10M images takes seconds to read."""
+        generation = self.collection.published()
+        if generation == self._generation or not self._lock.acquire(blocking=False):
             return
-        with self._lock:
-            if generation == self._generation:
-                return
-            if not self.collection.vectors_path(generation).exists() and (
-                self.collection.writer_active()
+        try:
+            if generation != self._generation and (
+                self.collection.vectors_path(generation).exists()
+                or not self.collection.writer_active()
             ):
-                return
-            self._vectors, self._generation = self._load()
+                self._vectors, self._generation = self._load()
+        finally:
+            self._lock.release()
 
     def _load(self) -> tuple[VectorIndex, int]:
         vectors, generation = self.collection.load_vectors()
@@ -227,7 +228,7 @@ class SearchEngine:
             # A page needs no embeddings: 2 KB a row not read.
             rows = session.scalars(
                 select(ImageRecord)
-                .options(defer(ImageRecord.embedding, raiseload=True))
+                .options(raiseload(ImageRecord.stored))
                 .where(ImageRecord.id.in_(ids))
             )
             return {row.id: row for row in rows}
@@ -240,11 +241,11 @@ class SearchEngine:
             return ranked
         with self.collection.catalog.sessions() as session:
             rows = session.execute(
-                select(ImageRecord.id, ImageRecord.embedding).where(
-                    ImageRecord.id.in_([i for i, _ in ranked])
+                select(StoredVector.id, StoredVector.data).where(
+                    StoredVector.id.in_([i for i, _ in ranked])
                 )
             )
-            embeddings = {row.id: row.embedding for row in rows}
+            embeddings = {row.id: row.data for row in rows}
         ranked = [(i, s) for i, s in ranked if i in embeddings]
         vectors = np.stack([np.frombuffer(embeddings[i], dtype=np.float32) for i, _ in ranked])
         similar = (vectors @ vectors.T) >= threshold
@@ -265,7 +266,7 @@ class SearchEngine:
 
 
 class _AllowedCache:
-    """The most recently used filters' id sets, up to FILTER_CACHE_IDS ids in all (the newest
+    """The most recently used filters' bitmaps, up to FILTER_CACHE_BYTES in all (the newest
     is kept whatever its size). Entries of an older generation age out like any other."""
 
     def __init__(self) -> None:
@@ -281,7 +282,7 @@ class _AllowedCache:
     def put(self, key: tuple[int, str], allowed: Allowed) -> Allowed:
         with self._lock:
             self._entries[key] = allowed
-            total = sum(len(entry) for entry in self._entries.values())
-            while total > FILTER_CACHE_IDS and len(self._entries) > 1:
-                total -= len(self._entries.popitem(last=False)[1])
+            total = sum(entry.nbytes for entry in self._entries.values())
+            while total > FILTER_CACHE_BYTES and len(self._entries) > 1:
+                total -= self._entries.popitem(last=False)[1].nbytes
         return allowed

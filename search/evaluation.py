@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
-from search.catalog import ImageRecord, Root
+from search.catalog import ImageRecord, Root, StoredVector
 from search.collection import Collection
 from search.errors import ClipsearchError
 
@@ -62,15 +62,16 @@ def evaluate(
     started = time.perf_counter()
     with collection.catalog.sessions() as session:
         rows = session.execute(
-            select(ImageRecord.path, ImageRecord.embedding)
+            select(ImageRecord.path, StoredVector.data)
             .join(Root)
+            .join(StoredVector)
             .where(Root.path == str(folder.resolve()))
             .order_by(ImageRecord.id)
         ).all()
     if not rows:
         raise ClipsearchError(f"no images of {folder} are indexed")
     position = {row.path: i for i, row in enumerate(rows)}
-    images = np.stack([np.frombuffer(row.embedding, dtype=np.float32) for row in rows])
+    images = np.stack([np.frombuffer(row.data, dtype=np.float32) for row in rows])
     usable = [(position[image], text) for image, text in captions if image in position]
     if not usable:
         raise ClipsearchError("no caption names an indexed image")

@@ -1,5 +1,6 @@
 """The FAISS index, keyed by catalog image id rather than by position, and chosen by size: exact
-below `ANN_THRESHOLD` vectors, an inverted-file (IVF) index above it.
+below `ANN_THRESHOLD` vectors, an inverted-file (IVF) index above it, and above
+`COMPRESS_THRESHOLD` an IVF of product-quantized codes whose candidates are re-ranked exactly.
 
 Why IVF-Flat and not HNSW: text queries sit far from the image cloud (CLIP's modality gap), and
 graph indexes lose recall on such out-of-distribution queries (HNSW reached 0.91 recall@10 at
@@ -8,14 +9,22 @@ cosines, it adds and removes ids in place, a filter's ID selector works inside i
 `nprobe` only ever widens the candidate set (pages stay consistent), and probing every list is an
 exact search to fall back on. Its lists are trained on the *centred* vectors: the component all
 photos share would otherwise dominate every centroid and route text queries badly.
+
+Why compress, and how: IVF-Flat keeps 2 KB per image in RAM, 20 GB at 10M. The compressed index
+keeps 64 bytes of 4-bit PQ codes (FAISS's fast-scan layout, scanned with SIMD) and an 8-byte id:
+about 75 bytes per image. Codes that small cannot order a text query's neighbours (the modality gap
+leaves them within a few hundredths of each other), so they only pick `RERANK` candidates, whose
+float16 vectors are read from disk (search/halfvectors.py) and scored exactly: the scores a user
+sees stay true cosines. Its lists are routed like IVF-Flat's, by the centred quantizer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +35,14 @@ from search.storage import writing
 
 if TYPE_CHECKING:
     from search.gpu import GpuFlat
+    from search.halfvectors import HalfVectors
 
 log = logging.getLogger(__name__)
 
 ANN_THRESHOLD = 25_000  # exact search is ~3 ms here on 2 CPU cores; it grows linearly above
+COMPRESS_THRESHOLD = 2_000_000  # IVF-Flat would hold 4 GB of vectors in RAM
+RERANK = 1_000  # compressed candidates re-ranked exactly (see the README's figures)
+COMPRESSED_TRAINING_PER_LIST = 8  # 0.5M vectors at 10M images: 1 GB while training
 TRAINING_PER_LIST = 40  # faiss warns below 39 training points per list
 KMEANS_ITERATIONS = 10
 
@@ -39,28 +52,57 @@ def ideal_lists(n: int) -> int:
     return 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
 
 
+def compresses(n: int) -> bool:
+    """Whether a collection of `n` vectors gets the compressed index."""
+    return n >= COMPRESS_THRESHOLD
+
+
+def compressed_lists(n: int) -> int:
+    """16·√n lists, a power of two, the top of FAISS's advice (4 to 16·√n, autofaiss's
+    65,536 at 10M): routing, not the codes, limits a compressed index's recall once many
+    subjects share a list (README, "Collections beyond RAM"); and at most n / 8, so each
+    list has training points."""
+    return 2 ** math.floor(math.log2(max(1.0, min(16 * math.sqrt(n), n / 8))))
+
+
+def codes(dim: int) -> str:
+    """4-bit PQ over sub-vectors of 4 dimensions (a bit per dimension), at most 64 bytes: see
+    the README for what else was measured."""
+    return f"PQ{min(128, dim // 4)}x4fs"
+
+
 def default_probes(lists: int) -> int:
     return max(32, lists // 32)
 
 
 class Allowed:
-    """The ids a filter allows, with FAISS's selector over them built once: a filter that many
-    queries repeat (a shop's category) is turned into a selector once per catalog generation."""
+    """The ids a filter allows, as a bitmap FAISS tests each candidate against: one bit per
+    catalog id (ids are dense), so 1.25 MB whether a filter allows 1% or all of 10M images,
+    where a hash set of ids took about 50 bytes an id. Built once per filter and generation."""
 
     def __init__(self, ids: np.ndarray) -> None:
-        self.ids = np.asarray(ids, dtype=np.int64)
-        self.selector = faiss.IDSelectorBatch(self.ids)  # copies the ids; read-only in searches
+        ids = np.asarray(ids, dtype=np.int64)
+        self.count = len(ids)
+        flags = np.zeros(int(ids.max()) + 1 if len(ids) else 0, dtype=bool)
+        flags[ids] = True
+        self.bitmap = np.packbits(flags, bitorder="little")  # bit i of byte i >> 3, as FAISS reads
+        self.selector = faiss.IDSelectorBitmap(self.bitmap.nbytes, faiss.swig_ptr(self.bitmap))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.count
+
+    @property
+    def nbytes(self) -> int:
+        return self.bitmap.nbytes
 
 
 class VectorIndex:
     """Inner-product search over L2-normalised vectors: scores are cosine similarities."""
 
-    def __init__(self, index: faiss.Index) -> None:
+    def __init__(self, index: faiss.Index, half: HalfVectors | None = None) -> None:
         self.index = index
         self.dim = index.d
+        self.half = half  # the full vectors of a compressed index
         self._gpu: GpuFlat | None = None
 
     @classmethod
@@ -79,12 +121,37 @@ class VectorIndex:
         index.add(ids, vectors)
         return index
 
+    @classmethod
+    def compressed(
+        cls,
+        sample: np.ndarray,
+        n: int,
+        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+        half: HalfVectors,
+    ) -> VectorIndex:
+        """Train on `sample`, then add the collection chunk by chunk, writing each chunk's
+        full vectors to `half` as it goes: memory holds the codes and one chunk, never the
+        collection."""
+        index = cls(_train_compressed(sample, compressed_lists(n)), half)
+        with _graph_assignment(index.index):
+            for ids, vectors in chunks:
+                index.add(ids, vectors)
+        return index
+
     @property
     def ivf(self) -> faiss.IndexIVF | None:
         return self.index if isinstance(self.index, faiss.IndexIVF) else None
 
     @property
+    def is_compressed(self) -> bool:
+        return isinstance(self.index, faiss.IndexIVFPQFastScan)
+
+    @property
     def kind(self) -> str:
+        if self.is_compressed:
+            ivf = self.ivf
+            found = f"IVF{ivf.nlist},{codes(self.dim)} (nprobe {ivf.nprobe}"
+            return f"{found}, {RERANK} candidates re-ranked exactly)"
         if ivf := self.ivf:
             return f"IVF{ivf.nlist},Flat (centred lists, nprobe {ivf.nprobe})"
         return "flat (exact inner product)"
@@ -94,26 +161,23 @@ class VectorIndex:
 
     def wants_rebuild(self) -> bool:
         """True when the collection has outgrown this index type or list count (or shrunk
-        below it): flat past the threshold, IVF once the ideal list count doubled or halved."""
+        below it): flat past the threshold, IVF once the ideal list count doubled or halved,
+        and either kind once it crosses the compression threshold (a quarter below it back)."""
         n = len(self)
         ivf = self.ivf
         if ivf is None:
-            return n >= ANN_THRESHOLD
-        if n < ANN_THRESHOLD // 2:
-            return True
-        return abs(math.log2(ideal_lists(n) / ivf.nlist)) >= 1
-
-    def rebuilt(self) -> VectorIndex:
-        ids, vectors = self.contents()
-        log.info("rebuilding the vector index for %d vectors", len(ids))
-        return VectorIndex.build(self.dim, ids, vectors)
+            return n >= ANN_THRESHOLD or compresses(n)
+        if self.is_compressed:
+            return n < COMPRESS_THRESHOLD * 3 // 4 or _doubled(compressed_lists(n), ivf.nlist)
+        return n < ANN_THRESHOLD // 2 or compresses(n) or _doubled(ideal_lists(n), ivf.nlist)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
-            self.index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim),
-                np.asarray(ids, dtype=np.int64),
-            )
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+            ids = np.asarray(ids, dtype=np.int64)
+            if self.half is not None:
+                self.half.write(ids, vectors)
+            self.index.add_with_ids(vectors, ids)
             self._gpu = None
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -138,14 +202,29 @@ class VectorIndex:
         if allowed is None and gpu is not None and k <= gpu.max_k:
             return gpu.search(query, k)
         sel = None if allowed is None else allowed.selector
-        ivf = self.ivf
-        if ivf is None:
+        if self.ivf is None:
             params = None if sel is None else faiss.SearchParameters(sel=sel)
             return _found(*self.index.search(query, k, params=params))
-        # Probe enough lists to expect ample candidates of the allowed ones: a function of the
-        # filter and of offset + k, so a deeper page only ever widens the candidate set.
+        if self.half is None:
+            return self._probe(query, k, n, sel)
+        _, ids = self._probe(query, min(n, max(k, RERANK)), n, sel)
+        scores = self.half.read(ids) @ query[0]
+        best = np.argsort(-scores, kind="stable")[:k]
+        return scores[best], ids[best]
+
+    def _probe(
+        self, query: np.ndarray, k: int, n: int, sel: faiss.IDSelector | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The IVF's top k, probing enough lists to expect ample candidates of the `n` allowed
+        ids (four times k, and more the rarer they are): a function of the filter and of
+        offset + k, so a deeper page only ever widens the candidate set; all lists (an
+        exhaustive scan) if that still finds fewer than k."""
+        ivf = self.ivf
         share = n / len(self)
-        probes = max(ivf.nprobe / share, 4 * k * ivf.nlist / n)
+        # Scanning every list of 10M codes costs ~100 ms: a compressed index widens by the
+        # square root of the share (a 1% filter probes ten times the lists, not a hundred).
+        widen = share**0.5 if self.is_compressed else share
+        probes = max(ivf.nprobe / widen, 4 * k * ivf.nlist / n)
         probes = min(ivf.nlist, math.ceil(probes))
         scores, ids = _found(
             *ivf.search(query, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=probes))
@@ -157,39 +236,37 @@ class VectorIndex:
         return scores, ids
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every (id, vector) held, in no particular order."""
+        """Every (id, vector) held, in no particular order (not of a compressed index, whose
+        full vectors are on disk)."""
         ivf = self.ivf
         if ivf is None:
-            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-            return ids, self.index.index.reconstruct_n(0, len(ids))
-        lists = ivf.invlists
-        id_parts, vector_parts = [], []
-        for number in range(ivf.nlist):
-            size = lists.list_size(number)
-            if size:
-                id_parts.append(faiss.rev_swig_ptr(lists.get_ids(number), size).copy())
-                codes = faiss.rev_swig_ptr(lists.get_codes(number), size * ivf.code_size)
-                vector_parts.append(codes.copy().view(np.float32).reshape(size, self.dim))
-        if not id_parts:
-            return np.empty(0, dtype=np.int64), np.empty((0, self.dim), dtype=np.float32)
-        return np.concatenate(id_parts), np.concatenate(vector_parts)
+            return self.ids(), self.index.index.reconstruct_n(0, len(self))
+        assert not self.is_compressed, "a compressed index holds codes, not vectors"
+        ids = self.ids()
+        codes = np.concatenate([_list(ivf, number, codes=True) for number in range(ivf.nlist)])
+        return ids, codes.view(np.float32).reshape(len(ids), self.dim)
 
     def ids(self) -> np.ndarray:
-        if self.ivf is None:
+        ivf = self.ivf
+        if ivf is None:
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        return self.contents()[0]
+        return np.concatenate([_list(ivf, number) for number in range(ivf.nlist)])
 
     def use_gpu(self) -> bool:
         """Answer unfiltered queries with an exact search on the GPU when there is one and the
         vectors fit (search/gpu.py). Filtered queries stay on the CPU index, whose ID selectors
-        apply the filter inside the search."""
+        apply the filter inside the search; a compressed index stays there too (its vectors
+        do not fit a GPU by definition)."""
         from search.gpu import gpu_flat
 
-        self._gpu = gpu_flat(*self.contents())
+        self._gpu = None if self.is_compressed else gpu_flat(*self.contents())
         return self._gpu is not None
 
     def save(self, path: Path) -> None:
-        """Write atomically: readers see the old file or the new one, never a partial one."""
+        """Write atomically: readers see the old file or the new one, never a partial one; the
+        full vectors it re-ranks from reach the disk first."""
+        if self.half is not None:
+            self.half.sync()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with writing(f"saving the vector index {path}", tmp):
             faiss.write_index(self.index, str(tmp))
@@ -204,10 +281,12 @@ class VectorIndex:
         return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC))
 
     @classmethod
-    def load(cls, path: Path) -> VectorIndex:
+    def load(cls, path: Path, half: HalfVectors | None = None) -> VectorIndex:
+        """`half`: where a compressed index's full vectors are, if this file is one."""
         # read_index returns the concrete index and owns it; wrapping it again with
         # downcast_index would leave a pointer that dies with this temporary.
-        return cls(faiss.read_index(str(path)))
+        index = faiss.read_index(str(path))
+        return cls(index, half if isinstance(index, faiss.IndexIVFPQFastScan) else None)
 
 
 def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,32 +294,116 @@ def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return scores[0][keep], ids[0][keep]
 
 
+def _list(ivf: faiss.IndexIVF, number: int, codes: bool = False) -> np.ndarray:
+    """One inverted list's ids, or its codes as bytes."""
+    lists, size = ivf.invlists, ivf.invlists.list_size(number)
+    if codes:
+        return faiss.rev_swig_ptr(lists.get_codes(number), size * ivf.code_size).copy()
+    return faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+
+
 def _train_ivf(vectors: np.ndarray, lists: int) -> faiss.IndexIVFFlat:
-    """An IVF whose coarse quantizer centres every vector (and query) on the collection's mean
-    before routing it, while the lists store and score the original vectors."""
-    dim = vectors.shape[1]
+    """An IVF-Flat over a centred quantizer, trained on a sample of `vectors`."""
     rng = np.random.default_rng(0)
     sample_size = min(len(vectors), TRAINING_PER_LIST * lists)
-    sample = np.ascontiguousarray(
-        vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))], dtype=np.float32
+    sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+    quantizer = _centred_quantizer(sample, lists)
+    ivf = faiss.IndexIVFFlat(quantizer, quantizer.d, lists, faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True
+    return _owning(ivf, quantizer)
+
+
+def _train_compressed(sample: np.ndarray, lists: int) -> faiss.IndexIVFPQFastScan:
+    """IVF-PQ fast-scan over a centred quantizer. The codes are of the vectors themselves, not
+    of their residuals from a list's centroid: with residuals, FAISS adds the query's inner
+    product with the centroid, which the centring quantizer reports for the centred query."""
+    quantizer = _centred_quantizer(sample, lists, two_level=True)
+    dim = quantizer.d
+    ivf = faiss.IndexIVFPQFastScan(
+        quantizer, dim, lists, min(128, dim // 4), 4, faiss.METRIC_INNER_PRODUCT
     )
+    ivf.by_residual = False
+    ivf.train(np.ascontiguousarray(sample, dtype=np.float32))  # the codes: the lists are set
+    return _owning(ivf, quantizer)
+
+
+def _centred_quantizer(
+    sample: np.ndarray, lists: int, two_level: bool = False
+) -> faiss.IndexPreTransform:
+    """Lists trained on the centred sample (spherical k-means; `two_level` for the tens of
+    thousands of lists of a compressed index); the quantizer centres every vector and query on
+    the sample's mean before routing it, while the lists store and score the original vectors."""
+    dim = sample.shape[1]
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
     centring = faiss.CenteringTransform(dim)
     centring.train(sample)
-    kmeans = faiss.Kmeans(dim, lists, niter=KMEANS_ITERATIONS, spherical=True, seed=1)
-    kmeans.train(centring.apply(sample))
+    centred = centring.apply(sample)
     centroids = faiss.IndexFlatIP(dim)
-    centroids.add(kmeans.centroids)
+    centroids.add(_two_level_kmeans(centred, lists) if two_level else _kmeans(centred, lists))
     quantizer = faiss.IndexPreTransform(centring, centroids)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-    # Hand ownership of the parts to the C++ objects that hold them.
-    quantizer.own_fields = True
+    quantizer.own_fields = True  # hand ownership of the parts to the C++ objects holding them
     centring.this.disown()
     centroids.this.disown()
+    return quantizer
+
+
+def _kmeans(vectors: np.ndarray, clusters: int) -> np.ndarray:
+    """Spherical k-means; as few as one point per centroid is allowed without a warning (a
+    compressed index trains on COMPRESSED_TRAINING_PER_LIST)."""
+    kmeans = faiss.Kmeans(
+        vectors.shape[1],
+        clusters,
+        niter=KMEANS_ITERATIONS,
+        spherical=True,
+        seed=1,
+        min_points_per_centroid=1,
+    )
+    kmeans.train(vectors)
+    return kmeans.centroids
+
+
+def _two_level_kmeans(vectors: np.ndarray, clusters: int) -> np.ndarray:
+    """About √clusters coarse clusters, each split in proportion to its share of `vectors`:
+    a vector meets 2·√clusters centroids per iteration instead of all of them."""
+    coarse = _kmeans(vectors, max(1, round(clusters**0.5)))
+    _, assigned = faiss.knn(vectors, coarse, 1, faiss.METRIC_INNER_PRODUCT)
+    assigned = assigned.ravel()
+    sizes = np.bincount(assigned, minlength=len(coarse))
+    parts = np.diff(np.cumsum(sizes) * clusters // len(vectors), prepend=0)  # sum: clusters
+    return np.concatenate(
+        [_kmeans(vectors[assigned == c], int(part)) for c, part in enumerate(parts) if part]
+    )
+
+
+@contextlib.contextmanager
+def _graph_assignment(ivf: faiss.IndexIVF) -> Iterator[None]:
+    """While building, each vector's list is found through an HNSW graph over the centroids:
+    image vectors are in distribution, where a graph finds the nearest centroid in a fraction
+    of the comparisons (10M vectors to 65,536 lists: minutes on 2 cores, not hours). Queries
+    are still routed by comparing every centroid: text queries lie outside the image cloud,
+    where graphs get lost (recall@10 0.83 against 0.995, 300k vectors). L2 orders the unit
+    centroids as the inner product does, and is a metric a graph navigates."""
+    routing = faiss.downcast_index(ivf.quantizer)
+    centroids = faiss.downcast_index(routing.index)
+    graph = faiss.IndexHNSWFlat(ivf.d, 32)
+    graph.add(centroids.reconstruct_n(0, centroids.ntotal))
+    assigning = faiss.IndexPreTransform(routing.chain.at(0), graph)  # owns neither part
+    ivf.quantizer = assigning
+    try:
+        yield
+    finally:
+        ivf.quantizer = routing  # still owned by the index, as before
+
+
+def _owning(ivf: faiss.IndexIVF, quantizer: faiss.Index) -> faiss.IndexIVF:
     ivf.own_fields = True
     quantizer.this.disown()
-    ivf.is_trained = True
-    ivf.nprobe = default_probes(lists)
+    ivf.nprobe = default_probes(ivf.nlist)
     return ivf
+
+
+def _doubled(ideal: int, lists: int) -> bool:
+    return abs(math.log2(ideal / lists)) >= 1
 
 
 def _fsync_dir(folder: Path) -> None:

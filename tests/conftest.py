@@ -107,6 +107,31 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
+PYTHON = shlex.join([sys.executable, "-m", "clipsearch"])
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "RANDOM WEIGHTS" not in line]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
+    """A shell script in a mount namespace of its own: mounts there vanish with it."""
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def read_only_mount(folder: Path) -> str:
+    """The shell prelude that makes `folder` read-only inside a mount namespace."""
+    return f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder} &&"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -25,10 +25,17 @@ from search.errors import ImageError
 from search.imaging import InputLayout, decode_for_model
 from search.sandbox import run_bounded
 from search.vectors import VectorIndex
-from tests.conftest import TINY_ARGS, draw_photos, run_cli, serving
+from tests.conftest import (
+    PYTHON,
+    TINY_ARGS,
+    draw_photos,
+    in_namespace,
+    one_line,
+    read_only_mount,
+    run_cli,
+    serving,
+)
 from tests.hostile import huge_png_header, memory_hungry_png, nested_bomb_icns
-
-PYTHON = shlex.join([sys.executable, "-m", "clipsearch"])
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -36,12 +43,6 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
-
-
-def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if "RANDOM WEIGHTS" not in line]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -146,23 +147,12 @@ def test_a_file_that_hangs_its_decoder_is_retried_alone_then_failed(
     assert sum(isinstance(item, Loaded) for item in items) == 3
 
 
-def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
-    """A shell script in a mount namespace of its own: mounts there vanish with it."""
-    return subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-
-
 def test_a_read_only_collection_is_searched_and_served_as_a_writable_one(small: Path) -> None:
     data = small / "data"
     query = {"q": "a photo", "k": 5}
     with serving(data) as (base, _):
         writable = requests.get(f"{base}/api/search", params=query, timeout=30).json()
-    read_only = f"mount --bind {data} {data} && mount -o remount,ro,bind {data} &&"
+    read_only = read_only_mount(data)
     listing = sorted(os.listdir(data))
     with serving(data, inside=read_only) as (base, _):
         served = requests.get(f"{base}/api/search", params=query, timeout=30).json()
@@ -213,7 +203,7 @@ def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_keeps_every_batch(
     index = f"{PYTHON} index {photos} {shlex.join(TINY_ARGS)} --data-dir {disk}/data --json"
     index += " --batch-size 16 --workers 1 -q"
     script = f"""
-        mount -t tmpfs -o size=384k tmpfs {disk} || exit 99
+        mount -t tmpfs -o size=1m tmpfs {disk} || exit 99
         {index} > {tmp_path}/first.out 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.rc
         ls -A {disk}/data > {tmp_path}/files
         {PYTHON} stats --json --data-dir {disk}/data > {tmp_path}/kept.json

@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.clip_like import ClipLike
 from search import vectors as vectors_module
+from search.halfvectors import HalfVectors
 from search.vectors import ANN_THRESHOLD, Allowed, VectorIndex
 
 DIM = 256
@@ -42,7 +43,7 @@ def test_the_index_type_follows_the_collection_size(data, ann: VectorIndex) -> N
     assert ann.ivf is not None and ann.kind.startswith("IVF") and not ann.wants_rebuild()
     small.add(ids[1000:], images[1000:])
     assert small.wants_rebuild()
-    grown = small.rebuilt()
+    grown = VectorIndex.build(DIM, *small.contents())
     assert grown.ivf is not None and len(grown) == len(ids)
     assert sorted(grown.ids()) == sorted(ids)
 
@@ -58,12 +59,14 @@ def test_ann_recall_at_10_against_exact_text_queries(data, ann: VectorIndex) -> 
     assert np.mean(recalls) >= 0.95
 
 
-def test_filters_on_the_ann_index_are_exact_and_complete(data, ann: VectorIndex) -> None:
+@pytest.mark.parametrize("kind", ["ann", "compressed"])
+def test_filters_on_the_ann_indexes_are_exact_and_complete(data, kind: str, request) -> None:
     ids, images, queries = data
+    index = request.getfixturevalue(kind)
     rng = np.random.default_rng(1)
-    for size in (50, 3000):
+    for size in (5, 50, 3000):
         rows = np.sort(rng.choice(len(ids), size, replace=False))
-        _, found = ann.search(queries[0], 100, allowed=Allowed(ids[rows]))
+        _, found = index.search(queries[0], 100, allowed=Allowed(ids[rows]))
         assert len(found) == min(100, size)
         assert set(found) <= set(ids[rows])
         expected = exact(ids[rows], images[rows], queries[0], 100)
@@ -99,7 +102,7 @@ def test_shrinking_far_below_the_threshold_goes_back_to_flat(data) -> None:
     ids, images, _ = data
     index = VectorIndex.build(DIM, ids, images)
     index.remove(ids[ANN_THRESHOLD // 4 :])
-    assert index.wants_rebuild() and index.rebuilt().ivf is None
+    assert index.wants_rebuild() and VectorIndex.build(DIM, *index.contents()).ivf is None
 
 
 def test_list_count_grows_with_the_collection() -> None:
@@ -141,3 +144,47 @@ def test_without_a_gpu_search_stays_on_the_cpu_index(data) -> None:
         pytest.skip("this machine has a GPU")
     assert not index.use_gpu()
     assert len(index.search(queries[0], 10)[1]) == 10
+
+
+@pytest.fixture(scope="module")
+def compressed(data, tmp_path_factory: pytest.TempPathFactory) -> VectorIndex:
+    """The compressed index, streamed in as the catalog streams it, over the same vectors."""
+    ids, images, _ = data
+    half = HalfVectors(tmp_path_factory.mktemp("compressed") / "vectors.f16", DIM)
+    chunks = ((ids[i : i + 7000], images[i : i + 7000]) for i in range(0, len(ids), 7000))
+    return VectorIndex.compressed(images[::3], len(ids), chunks, half)
+
+
+def test_the_compressed_index_re_ranks_to_exact_cosines(data, compressed: VectorIndex) -> None:
+    ids, images, queries = data
+    assert compressed.is_compressed and "PQ" in compressed.kind
+    recalls = []
+    for query in queries:
+        scores, found = compressed.search(query, 10)
+        recalls.append(len(set(found) & set(exact(ids, images, query, 10))) / 10)
+        np.testing.assert_allclose(scores, images[(found - 7) // 3] @ query, atol=2e-3)  # fp16
+        assert list(scores) == sorted(scores, reverse=True)
+    assert np.mean(recalls) >= 0.95
+    own = compressed.search(images[5], 1)
+    assert own[1][0] == ids[5] and abs(own[0][0] - 1) < 2e-3
+
+
+def test_the_compressed_index_holds_codes_not_vectors(tmp_path: Path, data, compressed) -> None:
+    path = tmp_path / "vectors.faiss"
+    compressed.save(path)
+    assert compressed.ivf.code_size * 8 == DIM  # a bit per dimension: 64 bytes for CLIP's 512
+    assert path.stat().st_size < len(compressed) * DIM * 4 / 5  # lists and padding included
+    loaded = VectorIndex.load(path, compressed.half)
+    query = data[2][0]
+    assert np.array_equal(loaded.search(query, 10)[1], compressed.search(query, 10)[1])
+
+
+def test_the_compressed_index_adds_and_removes_without_retraining(data, tmp_path: Path) -> None:
+    ids, images, _ = data
+    half = HalfVectors(tmp_path / "vectors.f16", DIM)
+    index = VectorIndex.compressed(images[::3], len(ids), [(ids[:-10], images[:-10])], half)
+    index.remove(ids[:5])
+    index.add(ids[-10:], images[-10:])
+    assert len(index) == len(ids) - 5
+    assert index.search(images[-1], 1)[1][0] == ids[-1]
+    assert ids[0] not in index.search(images[0], 50)[1]

@@ -1,0 +1,39 @@
+"""The catalog's schema versions and the ordered steps that upgrade one to the next.
+
+A user's collection is never refused or re-encoded because the code moved on: opening an older
+catalog runs the steps it lacks, in order, in one transaction under the writer lock, and keeps
+every id, vector and generation (so its saved index stays valid and answers as before). Each
+step is frozen SQL, not the current models: the models describe the newest schema only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, text
+
+
+def _embeddings_apart(connection: Connection) -> None:
+    """Schema 2: the embeddings leave the images table for their own. A filter scans the images
+    table once per filter and generation; with a 2 KB vector in every row that scan read ten
+    times the bytes it needed (20 GB at 10M images), and a page fetch carried them too."""
+    connection.execute(
+        text(
+            "CREATE TABLE embeddings (id INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (id),"
+            " FOREIGN KEY(id) REFERENCES images (id) ON DELETE CASCADE)"
+        )
+    )
+    connection.execute(text("INSERT INTO embeddings (id, vector) SELECT id, embedding FROM images"))
+    connection.execute(text("ALTER TABLE images DROP COLUMN embedding"))
+
+
+# STEPS[n] upgrades a catalog of schema n + 1 to schema n + 2; the release before migrations
+# existed wrote schema 1 and no version row.
+STEPS: tuple[Callable[[Connection], None], ...] = (_embeddings_apart,)
+SCHEMA_VERSION = len(STEPS) + 1
+
+
+def upgrade(connection: Connection, version: int) -> None:
+    """Run the steps from `version` to SCHEMA_VERSION inside the caller's transaction."""
+    for step in STEPS[version - 1 :]:
+        step(connection)
