@@ -12,10 +12,11 @@ photos share would otherwise dominate every centroid and route text queries badl
 
 Why compress, and how: IVF-Flat keeps 2 KB per image in RAM, 20 GB at 10M. The compressed index
 keeps 64 bytes of 4-bit PQ codes (FAISS's fast-scan layout, scanned with SIMD) and an 8-byte id:
-about 75 bytes per image. Codes that small cannot order a text query's neighbours (the modality gap
-leaves them within a few hundredths of each other), so they only pick `RERANK` candidates, whose
-float16 vectors are read from disk (search/halfvectors.py) and scored exactly: the scores a user
-sees stay true cosines. Its lists are routed like IVF-Flat's, by the centred quantizer.
+82 bytes per image at 10M, centroids and list padding included. Codes that small cannot order a
+text query's neighbours (the modality gap leaves them within a few hundredths of each other), so
+they only pick `RERANK` candidates, whose float16 vectors are read from disk
+(search/halfvectors.py) and scored exactly: the scores a user sees stay true cosines. Its lists
+are routed like IVF-Flat's, by the centred quantizer.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ def compressed_lists(n: int) -> int:
     return 2 ** math.floor(math.log2(max(1.0, min(16 * math.sqrt(n), n / 8))))
 
 
-def codes(dim: int) -> str:
+def subquantizers(dim: int) -> int:
     """4-bit PQ over sub-vectors of 4 dimensions (a bit per dimension), at most 64 bytes: see
     the README for what else was measured."""
-    return f"PQ{min(128, dim // 4)}x4fs"
+    return min(128, dim // 4)
 
 
 def default_probes(lists: int) -> int:
@@ -150,7 +151,7 @@ class VectorIndex:
     def kind(self) -> str:
         if self.is_compressed:
             ivf = self.ivf
-            found = f"IVF{ivf.nlist},{codes(self.dim)} (nprobe {ivf.nprobe}"
+            found = f"IVF{ivf.nlist},PQ{subquantizers(self.dim)}x4fs (nprobe {ivf.nprobe}"
             return f"{found}, {RERANK} candidates re-ranked exactly)"
         if ivf := self.ivf:
             return f"IVF{ivf.nlist},Flat (centred lists, nprobe {ivf.nprobe})"
@@ -320,7 +321,7 @@ def _train_compressed(sample: np.ndarray, lists: int) -> faiss.IndexIVFPQFastSca
     quantizer = _centred_quantizer(sample, lists, two_level=True)
     dim = quantizer.d
     ivf = faiss.IndexIVFPQFastScan(
-        quantizer, dim, lists, min(128, dim // 4), 4, faiss.METRIC_INNER_PRODUCT
+        quantizer, dim, lists, subquantizers(dim), 4, faiss.METRIC_INNER_PRODUCT
     )
     ivf.by_residual = False
     ivf.train(np.ascontiguousarray(sample, dtype=np.float32))  # the codes: the lists are set
