@@ -25,6 +25,7 @@ class HalfVectors:
         self.path = path
         self.dim = dim
         self._map: np.ndarray | None = None
+        self._mapping: mmap.mmap | None = None
 
     def write(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Rows at their ids; a run of consecutive ids (a batch of new images) is one write."""
@@ -53,12 +54,25 @@ class HalfVectors:
         top = int(ids.max()) + 1 if len(ids) else 0
         if self._map is None or len(self._map) < top:
             self._map = self._mapped()
+        self._prefetch(ids)
         return self._map[ids].astype(np.float32)
 
     def _mapped(self) -> np.ndarray:
         """The whole file, mapped for random reads: without MADV_RANDOM every candidate would
         read ahead 128 KB of rows nobody asked for."""
         with open(self.path, "rb") as handle:
-            mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
-        mapping.madvise(mmap.MADV_RANDOM)
-        return np.frombuffer(mapping, dtype=np.float16).reshape(-1, self.dim)
+            self._mapping = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+        self._mapping.madvise(mmap.MADV_RANDOM)
+        return np.frombuffer(self._mapping, dtype=np.float16).reshape(-1, self.dim)
+
+    def _prefetch(self, ids: np.ndarray) -> None:
+        """Ask for every page the rows lie on before touching any: a cold file then costs one
+        round of reads in parallel, not a disk wait per row in turn (1,000 rows not in the page
+        cache: 3.3 ms against 69 ms here; cached, the asking costs 1.3 ms more than the 0.8 ms
+        gather: benchmarks/cold_rerank.py)."""
+        row, page, size = self.dim * 2, mmap.PAGESIZE, len(self._mapping)
+        offsets = np.asarray(ids, dtype=np.int64) * row
+        pages = np.unique(np.concatenate([offsets // page, (offsets + row - 1) // page]))
+        for run in np.split(pages, np.flatnonzero(np.diff(pages) != 1) + 1) if len(pages) else []:
+            start = int(run[0]) * page
+            self._mapping.madvise(mmap.MADV_WILLNEED, start, min(len(run) * page, size - start))
