@@ -46,6 +46,10 @@ RERANK = 1_000  # compressed candidates re-ranked exactly (see the README's figu
 COMPRESSED_TRAINING_PER_LIST = 8  # 0.5M vectors at 10M images: 1 GB while training
 TRAINING_PER_LIST = 40  # faiss warns below 39 training points per list
 KMEANS_ITERATIONS = 10
+# From this many lists on, a build finds each vector's list through a graph; below, comparing
+# every centroid (BLAS) is faster. Vectors a second on 2 cores, all centroids against the graph:
+# 19,188 / 8,422 at 16,384 lists; 9,235 / 7,487 at 32,768; 4,666 / 6,164 at 65,536.
+GRAPH_ASSIGNMENT_LISTS = 65_536
 
 
 def ideal_lists(n: int) -> int:
@@ -137,7 +141,7 @@ class VectorIndex:
         full vectors to `half` as it goes: memory holds the codes and one chunk, never the
         collection."""
         index = cls(_train_compressed(sample, compressed_lists(n)), half)
-        with _graph_assignment(index.index):
+        with _assignment(index.index):
             for ids, vectors in chunks:
                 index.add(ids, vectors)
         return index
@@ -361,14 +365,17 @@ def _kmeans(vectors: np.ndarray, clusters: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _graph_assignment(ivf: faiss.IndexIVF) -> Iterator[None]:
-    """While building, each vector's list is found through an HNSW graph over the centroids:
-    image vectors are in distribution, where a graph finds the nearest centroid in a fraction
-    of the comparisons. Searched 64 wide it matched the exhaustive comparison's recall at 1M,
-    16 wide it lost 0.017; 32 halves the time of 64. Queries are still routed by comparing
-    every centroid: text queries lie outside the image cloud, where graphs get lost (recall@10
-    0.83 against 0.995, 300k vectors). L2 orders the unit centroids as the inner product does,
-    and is a metric a graph navigates."""
+def _assignment(ivf: faiss.IndexIVF) -> Iterator[None]:
+    """While building, from GRAPH_ASSIGNMENT_LISTS lists on, each vector's list is found
+    through an HNSW graph over the centroids: image vectors are in distribution, where a graph
+    finds the nearest centroid in a fraction of the comparisons. Searched 64 wide it matched
+    the exhaustive comparison's recall at 1M, 16 wide it lost 0.017; 32 halves the time of 64.
+    Queries are still routed by comparing every centroid: text queries lie outside the image
+    cloud, where graphs get lost (recall@10 0.83 against 0.995, 300k vectors). L2 orders the
+    unit centroids as the inner product does, and is a metric a graph navigates."""
+    if ivf.nlist < GRAPH_ASSIGNMENT_LISTS:
+        yield
+        return
     routing = ivf.quantizer
     graph = faiss.IndexHNSWFlat(ivf.d, 32)
     graph.hnsw.efSearch = 32

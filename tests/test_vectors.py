@@ -188,3 +188,20 @@ def test_the_compressed_index_adds_and_removes_without_retraining(data, tmp_path
     assert len(index) == len(ids) - 5
     assert index.search(images[-1], 1)[1][0] == ids[-1]
     assert ids[0] not in index.search(images[0], 50)[1]
+
+
+def test_a_graph_assigns_the_lists_that_comparing_every_centroid_does(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph is used from GRAPH_ASSIGNMENT_LISTS lists on, far beyond a test's size: here
+    it is forced, and every vector must land in the list the exhaustive comparison picks."""
+    ids, images, queries = data
+    built = []
+    for graph_from in (vectors_module.GRAPH_ASSIGNMENT_LISTS, 1):
+        monkeypatch.setattr(vectors_module, "GRAPH_ASSIGNMENT_LISTS", graph_from)
+        half = HalfVectors(tmp_path / f"{graph_from}.f16", DIM)
+        built.append(VectorIndex.compressed(images[::3], len(ids), [(ids, images)], half))
+    exhaustive, graph = built
+    assert np.array_equal(graph.ids(), exhaustive.ids())  # list by list, in list order
+    for query in queries[:20]:
+        assert np.array_equal(graph.search(query, 10)[1], exhaustive.search(query, 10)[1])
