@@ -48,7 +48,8 @@ TRAINING_PER_LIST = 40  # faiss warns below 39 training points per list
 KMEANS_ITERATIONS = 10
 # From this many lists on, a build finds each vector's list through a graph; below, comparing
 # every centroid (BLAS) is faster. Vectors a second on 2 cores, all centroids against the graph:
-# 19,188 / 8,422 at 16,384 lists; 9,235 / 7,487 at 32,768; 4,666 / 6,164 at 65,536.
+# 19,188 / 8,422 at 16,384 lists; 9,235 / 7,487 at 32,768; 4,666 / 6,164 at 65,536
+# (benchmarks/list_assignment.py).
 GRAPH_ASSIGNMENT_LISTS = 65_536
 
 
