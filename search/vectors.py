@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 ANN_THRESHOLD = 25_000  # exact search is ~3 ms here on 2 CPU cores; it grows linearly above
 COMPRESS_THRESHOLD = 2_000_000  # IVF-Flat would hold 4 GB of vectors in RAM
 RERANK = 1_000  # compressed candidates re-ranked exactly (see the README's figures)
-COMPRESSED_TRAINING_PER_LIST = 8  # 0.5M vectors at 10M images: 1 GB while training
+COMPRESSED_TRAINING_PER_LIST = 8  # 262,144 vectors at 10M images: 0.5 GB while training
 TRAINING_PER_LIST = 40  # faiss warns below 39 training points per list
 KMEANS_ITERATIONS = 10
 # From this many lists on, a build finds each vector's list through a graph; below, comparing
