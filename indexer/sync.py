@@ -4,6 +4,7 @@ ones that cannot be used."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -114,7 +115,10 @@ class Indexer:
                 writer.write(batch)
                 bar.update(len(batch))
 
-            _write_behind(self.source.batches(todo, self._catalog_hashes()), write)
+            # Closed on the way out, error or not: the decode workers are stopped and joined
+            # here, not at interpreter exit, where a worker still starting printed a traceback.
+            with contextlib.closing(self.source.batches(todo, self._catalog_hashes())) as batches:
+                _write_behind(batches, write)
 
     def _catalog_hashes(self) -> list[str]:
         with self.catalog.sessions() as session:
