@@ -183,18 +183,22 @@ class Catalog:
                     [Meta(key=GENERATION, value=0), Meta(key=SCHEMA, value=SCHEMA_VERSION)]
                 )
 
-    def schema_version(self) -> int:
-        with self.sessions() as session:
+    def schema_version(self, session: Session | None = None) -> int:
+        with self._within(session) as session:
             return session.scalar(select(Meta.value).where(Meta.key == SCHEMA)) or 1
 
     def upgrade(self) -> int:
         """Bring an older catalog to SCHEMA_VERSION in one transaction (the caller holds the
         writer lock); returns the version it had."""
         with self.transaction() as session:
-            version = session.scalar(select(Meta.value).where(Meta.key == SCHEMA)) or 1
+            version = self.schema_version(session)
             upgrade(session.connection(), version)
             session.merge(Meta(key=SCHEMA, value=SCHEMA_VERSION))
         return version
+
+    def _within(self, session: Session | None) -> contextlib.AbstractContextManager[Session]:
+        """The caller's session (its transaction, its snapshot), or a session of its own."""
+        return contextlib.nullcontext(session) if session else self.sessions()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -226,7 +230,7 @@ class Catalog:
         self, session: Session | None = None
     ) -> tuple[int, np.ndarray, np.ndarray]:
         """(generation, ids, vectors) read in one transaction, for rebuilding the FAISS index."""
-        with contextlib.nullcontext(session) if session else self.sessions() as session:
+        with self._within(session) as session:
             generation = self.generation(session)
             rows = session.execute(select(StoredVector.id, StoredVector.data)).all()
         return generation, *_unpacked(rows)
@@ -266,7 +270,7 @@ class Catalog:
         return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
 
     def counts(self, session: Session | None = None) -> dict[str, int]:
-        with contextlib.nullcontext(session) if session else self.sessions() as session:
+        with self._within(session) as session:
             return {
                 "images": session.scalar(select(func.count(ImageRecord.id))) or 0,
                 "failed": session.scalar(select(func.count(Failure.id))) or 0,
