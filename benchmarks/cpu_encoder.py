@@ -17,10 +17,19 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from search import text
 from search.model import Encoder
 from search.spec import ModelSpec
 
-VARIANTS = ["fp32", "1 thread", "bf16 autocast (AMX)", "bf16 weights", "channels-last"]
+VARIANTS = [
+    "fp32",
+    "fp32, text packed (oneDNN)",
+    "1 thread",
+    "bf16 autocast (AMX)",
+    "bf16 weights",
+    "bf16 weights, text packed (oneDNN)",
+    "channels-last",
+]
 TEXTS = ["a dog running on grass", "two people at a market in the rain", "snow", "red car"]
 
 
@@ -41,11 +50,10 @@ def variant(name: str, encoder: Encoder) -> Iterator[Encoder]:
     elif name == "bf16 autocast (AMX)":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             yield encoder
-    elif name == "bf16 weights":
-        other = copy.copy(encoder)
-        other.model = copy.deepcopy(encoder.model).to(torch.bfloat16)
-        other.dtype = torch.bfloat16
-        yield other
+    elif name.startswith(("fp32, ", "bf16 weights")):
+        yield _converted(
+            encoder, torch.float32 if name.startswith("fp32") else torch.bfloat16, "packed" in name
+        )
     elif name == "1 thread":
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -59,6 +67,15 @@ def variant(name: str, encoder: Encoder) -> Iterator[Encoder]:
         yield other
     else:
         raise ValueError(name)
+
+
+def _converted(encoder: Encoder, dtype: torch.dtype, packed: bool) -> Encoder:
+    other = copy.copy(encoder)
+    other.model = copy.deepcopy(encoder.model).to(dtype)
+    other.dtype = dtype
+    if packed:
+        text.prepack(other.model)
+    return other
 
 
 def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,8 +21,10 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +124,17 @@ def serving(tree: Path, data_dir: Path, clients: list[int], seconds: float) -> d
         server.wait()
 
 
+def ratios(this: list[dict], baseline: list[dict]) -> list[dict]:
+    return [
+        {
+            "clients": new["clients"],
+            "requests_per_second": ratio(new["requests_per_second"], old["requests_per_second"]),
+            "p99_ms": ratio(new["p99_ms"], old["p99_ms"]),
+        }
+        for new, old in zip(this, baseline, strict=True)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -133,19 +146,16 @@ def main() -> None:
     if not args.serve:
         print(json.dumps(measure(args.url, args.clients, args.seconds)))
         return
-    result = {"this": serving(THIS_TREE, args.serve, args.clients, args.seconds)}
-    if args.baseline:
-        result["baseline"] = serving(args.baseline, args.serve, args.clients, args.seconds)
-        result["ratios"] = [
-            {
-                "clients": new["clients"],
-                "requests_per_second": ratio(
-                    new["requests_per_second"], old["requests_per_second"]
-                ),
-                "p99_ms": ratio(new["p99_ms"], old["p99_ms"]),
-            }
-            for new, old in zip(result["this"]["runs"], result["baseline"]["runs"], strict=True)
-        ]
+    with tempfile.TemporaryDirectory() as scratch:
+        before = Path(scratch, "collection")
+        if args.baseline:
+            # A copy taken first: this tree upgrades an older collection's schema in place when
+            # it opens it, and the release before cannot read a newer schema.
+            shutil.copytree(args.serve, before)
+        result = {"this": serving(THIS_TREE, args.serve, args.clients, args.seconds)}
+        if args.baseline:
+            result["baseline"] = serving(args.baseline, before, args.clients, args.seconds)
+            result["ratios"] = ratios(result["this"]["runs"], result["baseline"]["runs"])
     print(json.dumps(result))
 
 

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import os
 import queue
 import signal
 import sys
@@ -286,6 +287,7 @@ def _work(
             chunk = conn.recv()
         except (EOFError, OSError):
             return
+        _read_ahead(file for _, file in chunk)
         for seq, file in chunk:
             try:
                 item = load_file(file, known, layout, max_pixels)
@@ -295,6 +297,20 @@ def _work(
             if isinstance(item, Loaded):
                 slot, item.pixels = slots.put(item.pixels), _IN_SLOT
             conn.send((seq, item, slot, stderr.drain()))
+
+
+def _read_ahead(files: Iterable[FoundFile]) -> None:
+    """Have the kernel start reading a chunk's files, so that the disk works while the worker
+    decodes the first ones: a 15 KB photo read cold costs 90 us here, from the cache 9 us."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for file in files:
+        with contextlib.suppress(OSError):  # a file gone or unreadable fails when it is read
+            fd = os.open(file.absolute, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
 def _die_with_parent() -> None:

@@ -110,6 +110,10 @@ class VectorIndex:
 
     def __init__(self, index: faiss.Index, half: HalfVectors | None = None) -> None:
         self.index = index
+        if isinstance(index, faiss.IndexIVF):
+            # Queries come one at a time: split each over the lists it probes, not over the
+            # queries (one query, one thread). At 1M, 128 probes: 5.7 -> 3.0 ms on 2 threads.
+            index.parallel_mode = 1
         self.dim = index.d
         self.half = half  # the full vectors of a compressed index
         self._gpu: GpuFlat | None = None

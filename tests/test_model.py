@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -137,12 +138,11 @@ def test_uint8_pixels_normalised_by_the_model_equal_open_clip_preprocessing(
     encoder: Encoder, size: tuple[int, int]
 ) -> None:
     """Workers hand over uint8 pixels at the model's input; converting and normalising them
-    on the model's side gives exactly what open_clip's preprocessing gives."""
+    on the model's side gives what open_clip's preprocessing gives (to float rounding)."""
     rng = np.random.default_rng(size[0])
     image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-    pixels = torch.from_numpy(model_input(image, encoder.layout)).permute(2, 0, 1).float() / 255
-    ours = (pixels - encoder.mean[0]) / encoder.std[0]
-    assert torch.equal(ours, encoder.preprocess(image))
+    ours = encoder.floats(model_input(image, encoder.layout)[np.newaxis])[0]
+    torch.testing.assert_close(ours, encoder.preprocess(image), rtol=0, atol=1e-6)
 
 
 def test_text_cut_to_the_batch_length_equals_open_clip_on_padded_tokens(exact: Encoder) -> None:
@@ -160,3 +160,22 @@ def test_text_cut_to_the_batch_length_equals_open_clip_on_padded_tokens(exact: E
     ours = encoder.encode_texts(texts)
     reference = torch.nn.functional.normalize(padded, dim=-1).numpy()
     assert (ours * reference).sum(axis=1).min() > 0.99999
+
+
+def test_a_text_tower_packed_for_onednn_computes_what_open_clip_does(
+    exact: Encoder, encoder: Encoder
+) -> None:
+    """The CPU encoder's packed weights: the same embeddings, float32 to float32, for batches
+    of any size (the packing is tuned for 16 rows)."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    packed = copy.deepcopy(exact.model)
+    assert text.prepack(packed)
+    assert isinstance(encoder.model.transformer.resblocks[0].attn, text._PackedSelfAttention)
+    texts = ["a", "a red apple on a wooden table", "!!!", "word " * 40] * 5
+    tokens = exact.tokenizer(texts)
+    with torch.inference_mode():
+        padded = exact.model.encode_text(tokens)
+        for rows in (1, 3, 20):
+            ours = text.encode_text(packed, tokens[:rows])
+            torch.testing.assert_close(ours, padded[:rows], atol=1e-5, rtol=1e-4)
