@@ -111,7 +111,7 @@ def cli() -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 4096),
-    help="Images per encoder call (256 on CUDA, else 32).",
+    help="Images per encoder call (256 on CUDA or with --ray, else 32).",
 )
 @click.option(
     "--workers",
@@ -125,6 +125,14 @@ def cli() -> None:
     show_default=True,
     help="Larger images are refused (decompression bombs).",
 )
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Decode and encode on a Ray cluster (RAY_ADDRESS, else a local one); the folders must "
+    "be on a filesystem every node reads.",
+)
+@click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (implies --ray).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary last.")
 @_common
 def index(
@@ -136,6 +144,8 @@ def index(
     batch_size: int | None,
     workers: int | None,
     max_pixels: int,
+    use_ray: bool,
+    ray_address: str | None,
     as_json: bool,
     data_dir: Path,
     device: str,
@@ -152,7 +162,8 @@ def index(
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
     spec = _spec(model, pretrained, text_model)
     collection = Collection.create_or_open(data_dir, spec)
-    indexer = Indexer(collection, None, batch_size, workers, max_pixels, device=device)
+    ray = ray_address or ("" if use_ray else None)
+    indexer = Indexer(collection, None, batch_size, workers, max_pixels, device=device, ray=ray)
     try:
         summary = indexer.run_catalog(catalog) if catalog else indexer.run(list(folders))
     except KeyboardInterrupt:

@@ -217,8 +217,12 @@ class _Pool:
         return _Worker(process, ours, row)
 
     def _feed(self, todo: deque[list[int]], files: Sequence[FoundFile]) -> None:
+        """Chunks to workers, as long as each holds at most `depth` files in all: its n-th result
+        lands in slot n % depth, which must be read before the worker writes it again (a worker
+        sent a chunk while holding more than depth - chunk overwrote pixels still unread, and
+        files were stored with other files' vectors)."""
         for worker in self.workers:
-            while todo and len(worker.held) < self.depth:
+            while todo and len(worker.held) + len(todo[0]) <= self.depth:
                 seqs = todo.popleft()
                 if not worker.held:
                     worker.since = time.monotonic()

@@ -60,25 +60,40 @@ class LocalSource:
             yield self._encoded(batch)
 
     def _encoded(self, batch: list[Item]) -> list[Result]:
-        vectors = iter(self._encode([item.pixels for item in batch if isinstance(item, Loaded)]))
-        return [_encoded(i, next(vectors)) if isinstance(i, Loaded) else i for i in batch]
-
-    def _encode(self, pixels: list[np.ndarray]) -> np.ndarray:
-        if not pixels:
-            return np.empty((0, self.encoder.dim), np.float32)
-        return self.encoder.encode_pixels(np.stack(pixels, out=self.staging[: len(pixels)]))
+        return encoded(self.encoder, batch, self.staging)
 
     def encode_one(self, seen: Seen) -> Encoded | Failed:
-        file = seen.file
-        try:
-            data = file.absolute.read_bytes()
-            decoded = run_bounded(decode_for_model, data, self.encoder.layout, self.max_pixels)
-        except ImageError as exc:
-            return Failed(file, str(exc))
-        except OSError as exc:
-            return Failed(file, f"unreadable: {exc.strerror}")
-        vector = self.encoder.encode_pixels(decoded.pixels[np.newaxis])[0]
-        return Encoded(file, seen.sha256, vector, decoded.width, decoded.height, decoded.taken_at)
+        return encode_file(self.encoder, seen, self.max_pixels)
+
+
+def encoded(encoder: Encoder, batch: list[Item], staging: np.ndarray | None = None) -> list[Result]:
+    """A decoded batch with each Loaded item encoded (in one forward pass, its pixels assembled
+    in `staging` when given) and the others as they were, in order."""
+    pixels = [item.pixels for item in batch if isinstance(item, Loaded)]
+    vectors = iter(_encode(encoder, pixels, staging))
+    return [_encoded(i, next(vectors)) if isinstance(i, Loaded) else i for i in batch]
+
+
+def _encode(encoder: Encoder, pixels: list[np.ndarray], staging: np.ndarray | None) -> np.ndarray:
+    if not pixels:
+        return np.empty((0, encoder.dim), np.float32)
+    out = None if staging is None else staging[: len(pixels)]
+    return encoder.encode_pixels(np.stack(pixels, out=out))
+
+
+def encode_file(encoder: Encoder, seen: Seen, max_pixels: int) -> Encoded | Failed:
+    """A file encoded now after all (the row whose vector it was to reuse changed), decoded in
+    a bounded child like any upload."""
+    file = seen.file
+    try:
+        data = file.absolute.read_bytes()
+        decoded = run_bounded(decode_for_model, data, encoder.layout, max_pixels)
+    except ImageError as exc:
+        return Failed(file, str(exc))
+    except OSError as exc:
+        return Failed(file, f"unreadable: {exc.strerror}")
+    vector = encoder.encode_pixels(decoded.pixels[np.newaxis])[0]
+    return Encoded(file, seen.sha256, vector, decoded.width, decoded.height, decoded.taken_at)
 
 
 def _encoded(item: Loaded, vector: np.ndarray) -> Encoded:

@@ -39,9 +39,11 @@ class Indexer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool | None = None,
         device: str = "auto",
+        ray: str | None = None,
     ) -> None:
         """Without `encoder`, the collection's model is loaded on `device` only once a file
-        needs encoding: a run with nothing new never imports torch."""
+        needs encoding: a run with nothing new never imports torch. `ray`: encode on a Ray
+        cluster instead, at that address ("": RAY_ADDRESS if set, else a local cluster)."""
         self.collection = collection
         self.catalog = collection.catalog
         self._encoder = encoder
@@ -50,6 +52,7 @@ class Indexer:
         self.workers = workers
         self.max_pixels = max_pixels
         self.progress = progress  # None: a bar only on a terminal
+        self.ray = ray
         self._source: Source | None = None
         self._model_seconds = 0.0
 
@@ -63,11 +66,19 @@ class Indexer:
 
     @property
     def source(self) -> Source:
-        """This machine's decode workers and model, made once a file needs encoding."""
-        if self._source is None:
+        """This machine's decode workers and model, or a Ray cluster's, made once a file needs
+        encoding. Joining the cluster and its actors' model loading count as loading the model."""
+        if self._source is None and self.ray is None:
             from indexer.source import LocalSource
 
             self._source = LocalSource(self.encoder, self.batch_size, self.workers, self.max_pixels)
+        elif self._source is None:
+            from indexer.ray_source import RaySource
+
+            started = time.perf_counter()
+            spec, address = self.collection.spec, self.ray or None
+            self._source = RaySource(spec, address, self.batch_size, self.max_pixels)
+            self._model_seconds += time.perf_counter() - started
         return self._source
 
     def run(self, folders: Sequence[Path]) -> Summary:

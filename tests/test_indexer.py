@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,10 @@ from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import CollectionError, StorageError
+from search.imaging import decode_for_model
 from search.model import Encoder
 from search.spec import ModelSpec
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, draw_photos
 
 
 def reindex(collection: Collection, encoder: Encoder, folder: Path):
@@ -174,3 +176,22 @@ def test_no_room_for_the_decoders_buffers_is_one_line() -> None:
     worker with SIGBUS half-way through."""
     with pytest.raises(StorageError, match=r"^no room for the decoders' \d+ MB of buffers: "):
         PixelSlots(rows=1000, depth=1000, size=10_000)  # 300 TB
+
+
+def test_each_file_gets_its_own_pixels_when_the_encoder_is_slower_than_the_decoders(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    """Workers hand pixels over in slots they reuse. While the encoder lags, they run ahead of
+    what has been read; each file must still come with its own pixels (a worker that was sent
+    more files than it has slots once overwrote unread pixels: files got others' vectors)."""
+    draw_photos(tmp_path / "photos", 240, seed=4)
+    files = [f for f in scan(tmp_path / "photos") if isinstance(f, FoundFile)]
+    seen = 0
+    for batch in load_batches(files, encoder.layout, (), 32, 2):
+        time.sleep(0.05)  # an encoder call
+        for item in batch:
+            assert isinstance(item, Loaded)
+            expected = decode_for_model(item.file.absolute.read_bytes(), encoder.layout).pixels
+            assert np.array_equal(item.pixels, expected), item.file.path
+            seen += 1
+    assert seen == len(files) == 240

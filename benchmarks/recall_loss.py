@@ -1,0 +1,123 @@
+"""Where a compressed index loses recall: in the routing (a query's true neighbours lie in lists it
+does not probe) or in the codes (they are probed, but their PQ scores leave them out of the
+candidates re-ranked exactly).
+
+    python benchmarks/recall_loss.py --n 3000000 --dir /var/tmp
+
+Builds the index the product builds for N CLIP-like vectors (benchmarks/clip_like.py), without a
+catalog, and prints per probe count the share of the exact top 10 that sits in the probed lists
+(`routing`: what no re-ranking can exceed) and the share among the top R candidates by code
+(`candidates`: the recall after exact re-ranking of R). Holds the vectors as float16 in memory
+(1 KB an image: 10 GB at 10M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.clip_like import ClipLike
+from search import vectors
+from search.halfvectors import HalfVectors
+from search.vectors import VectorIndex
+
+CHUNK = 50_000
+
+
+def generated(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images as float16 rows (id = row + 1) and 200 text-like queries."""
+    clip = ClipLike()
+    images = np.empty((n, clip.dim), np.float16)
+    start = 0
+    for chunk in clip.image_chunks(n):
+        images[start : start + len(chunk)] = chunk
+        start += len(chunk)
+    picked = np.random.default_rng(1).integers(0, min(n, 65_536), 200)
+    return images, clip.texts_for(images[picked].astype(np.float32))
+
+
+def exact_top10(images: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    best = np.full((len(queries), 10), -np.inf, np.float32)
+    ids = np.zeros((len(queries), 10), np.int64)
+    for start in range(0, len(images), 4 * CHUNK):
+        scores = queries @ images[start : start + 4 * CHUNK].astype(np.float32).T
+        both = np.concatenate([best, scores], axis=1)
+        rows = np.arange(start, start + scores.shape[1]) + 1
+        named = np.concatenate([ids, np.broadcast_to(rows, scores.shape)], axis=1)
+        top = np.argpartition(-both, 10, axis=1)[:, :10]
+        best, ids = np.take_along_axis(both, top, 1), np.take_along_axis(named, top, 1)
+    return ids
+
+
+def built(images: np.ndarray, folder: Path) -> VectorIndex:
+    n = len(images)
+    count = vectors.compressed_lists(n) * vectors.COMPRESSED_TRAINING_PER_LIST
+    sample = images[np.random.default_rng(2).choice(n, min(n, count), replace=False)]
+    chunks = (
+        (
+            np.arange(start, min(n, start + CHUNK)) + 1,
+            images[start : start + CHUNK].astype(np.float32),
+        )
+        for start in range(0, n, CHUNK)
+    )
+    half = HalfVectors(folder / "vectors.f16", images.shape[1])
+    return VectorIndex.compressed(sample.astype(np.float32), n, chunks, half)
+
+
+def list_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
+    owner = np.zeros(n + 1, np.int64)
+    for number in range(ivf.nlist):
+        if size := ivf.invlists.list_size(number):
+            owner[faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)] = number
+    return owner
+
+
+def losses(
+    ivf: faiss.IndexIVF, queries: np.ndarray, truth: np.ndarray, owner: np.ndarray
+) -> list[dict]:
+    rows = []
+    for probes in (64, 128, 256, 512, 1024):
+        _, probed = ivf.quantizer.search(queries, probes)
+        row = {"probes": probes, "routing": _share(owner[truth], probed)}
+        for wanted in (1_000, 3_000, 10_000):
+            params = faiss.SearchParametersIVF(nprobe=probes)
+            _, candidates = ivf.search(queries, wanted, params=params)
+            row[f"candidates_{wanted}"] = _share(truth, candidates)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _share(wanted: np.ndarray, found: np.ndarray) -> float:
+    return round(
+        float(np.mean([np.isin(w, f).mean() for w, f in zip(wanted, found, strict=True)])), 3
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dir", type=Path, help="where the float16 vectors file is written")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    images, queries = generated(args.n)
+    truth = exact_top10(images, queries)
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        index = built(images, Path(folder))
+        seconds = round(time.perf_counter() - started)
+        owner = list_of_each_id(index.ivf, args.n)
+        rows = losses(index.ivf, queries, truth, owner)
+    print(json.dumps({"n": args.n, "index": index.kind, "seconds": seconds, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
