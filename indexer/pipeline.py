@@ -93,14 +93,13 @@ def load_file(file: FoundFile, known: KnownContent, layout: InputLayout, max_pix
 def load_batches(
     files: Sequence[FoundFile],
     layout: InputLayout,
-    known_hashes: Iterable[str],
+    known: KnownContent,
     batch_size: int,
     workers: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[list[Item]]:
-    """Every file once, as Loaded, Seen or Failed, in batches of `batch_size` (in the order
-    workers finish them); `workers=0` decodes in this process."""
-    known = KnownContent(known_hashes)
+    """Every file once, as Loaded, Seen or Failed (its content is `known`), in batches of
+    `batch_size` (in the order workers finish them); `workers=0` decodes in this process."""
     if workers:
         chunk = max(1, min(32, batch_size // (2 * workers)))
         pool = _Pool(workers, 2 * chunk, (known, layout, max_pixels))

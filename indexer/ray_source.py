@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from indexer.items import Encoded, Failed, Result, Seen
-from indexer.pipeline import Item, load_batches
+from indexer.pipeline import Item, KnownContent, load_batches
 from indexer.scan import FoundFile
 from indexer.source import encode_file, encoded
 from search.errors import ClipsearchError
@@ -38,7 +38,7 @@ def _ray() -> Any:
 
 
 def decode_chunk(
-    files: Sequence[FoundFile], layout: InputLayout, known: list[str], max_pixels: int
+    files: Sequence[FoundFile], layout: InputLayout, known: KnownContent, max_pixels: int
 ) -> list[Item]:
     """A chunk of files as Loaded, Seen or Failed, decoded by one capped worker process."""
     return [
@@ -97,7 +97,7 @@ class RaySource:
     def batches(self, files: Sequence[FoundFile], known: Iterable[str]) -> Iterator[list[Result]]:
         """Chunks in the order they finish, at most IN_FLIGHT_PER_ACTOR per actor at a time."""
         ray = self.ray
-        known_ref = ray.put(list(known))
+        known_ref = ray.put(KnownContent(known))  # 8 bytes a catalog image, sent once a node
         chunks = deque(
             files[start : start + self.files_per_task]
             for start in range(0, len(files), self.files_per_task)

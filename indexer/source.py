@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from indexer.items import Encoded, Failed, Result, Seen
-from indexer.pipeline import Item, Loaded, load_batches
+from indexer.pipeline import Item, KnownContent, Loaded, load_batches
 from indexer.scan import FoundFile
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, decode_for_model
@@ -53,9 +53,9 @@ class LocalSource:
         self.staging = encoder.staging(self.batch_size)
 
     def batches(self, files: Sequence[FoundFile], known: Iterable[str]) -> Iterator[list[Result]]:
-        layout = self.encoder.layout
+        layout, content = self.encoder.layout, KnownContent(known)
         for batch in load_batches(
-            files, layout, known, self.batch_size, self.workers, self.max_pixels
+            files, layout, content, self.batch_size, self.workers, self.max_pixels
         ):
             yield self._encoded(batch)
 

@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from indexer.items import Failed
-from indexer.pipeline import load_batches
+from indexer.pipeline import KnownContent, load_batches
 from indexer.scan import FoundFile, Unreadable, scan
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
@@ -92,7 +92,8 @@ def test_special_and_vanishing_files(tmp_path: Path, encoder: Encoder) -> None:
 
     vanished = FoundFile(str(folder), "gone.jpg", 10, 0)
     files = [f for f in found if isinstance(f, FoundFile)] + [vanished]
-    items = [i for batch in load_batches(files, encoder.layout, [], 4, 0) for i in batch]
+    batches = load_batches(files, encoder.layout, KnownContent([]), 4, 0)
+    items = [item for batch in batches for item in batch]
     assert isinstance(items[-1], Failed) and "vanished" in items[-1].reason
 
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from indexer import pipeline
 from indexer.items import Failed
-from indexer.pipeline import Loaded, load_batches
+from indexer.pipeline import KnownContent, Loaded, load_batches
 from indexer.scan import FoundFile
 from search.collection import Collection
 from search.errors import ImageError
@@ -139,7 +139,8 @@ def test_a_file_that_hangs_its_decoder_is_retried_alone_then_failed(
     os.mkfifo(tmp_path / "stuck.jpg")  # reading it blocks forever, like a hung decoder
     files = [FoundFile(str(tmp_path), p.name, p.stat().st_size, 0) for p in paths]
     files.insert(1, FoundFile(str(tmp_path), "stuck.jpg", 0, 0))
-    items = [item for batch in load_batches(files, InputLayout(64), [], 2, 1) for item in batch]
+    batches = load_batches(files, InputLayout(64), KnownContent([]), 2, 1)
+    items = [item for batch in batches for item in batch]
     assert sorted(item.file.path for item in items) == sorted(file.path for file in files)
     failed = [item for item in items if isinstance(item, Failed)]
     assert [item.file.path for item in failed] == ["stuck.jpg"]

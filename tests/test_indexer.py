@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from indexer.items import Seen
-from indexer.pipeline import Loaded, load_batches
+from indexer.pipeline import KnownContent, Loaded, load_batches
 from indexer.scan import FoundFile, scan
 from indexer.slots import PixelSlots
 from indexer.sync import Indexer
@@ -136,7 +136,7 @@ def test_pipeline_hands_every_new_file_to_the_encoder_in_batches(
 ) -> None:
     files = [f for f in scan(photos) if isinstance(f, FoundFile)]
     known = frozenset({hashlib.sha256((photos / "snowman.png").read_bytes()).hexdigest()})
-    batches = list(load_batches(files, encoder.layout, known, 5, workers))
+    batches = list(load_batches(files, encoder.layout, KnownContent(known), 5, workers))
     assert sum(len(batch) for batch in batches) == 12
     if workers == 0:
         assert [len(batch) for batch in batches] == [5, 5, 2]
@@ -187,7 +187,7 @@ def test_each_file_gets_its_own_pixels_when_the_encoder_is_slower_than_the_decod
     draw_photos(tmp_path / "photos", 240, seed=4)
     files = [f for f in scan(tmp_path / "photos") if isinstance(f, FoundFile)]
     seen = 0
-    for batch in load_batches(files, encoder.layout, (), 32, 2):
+    for batch in load_batches(files, encoder.layout, KnownContent([]), 32, 2):
         time.sleep(0.05)  # an encoder call
         for item in batch:
             assert isinstance(item, Loaded)

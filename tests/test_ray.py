@@ -1,5 +1,5 @@
 """Indexing on a real local Ray cluster (2 CPUs, the tiny model) gives what this machine's own
-pipeline gives, and a driver killed mid-run loses and duplicates nothing."""
+pipeline gives; a driver or an encoder actor killed mid-run loses and duplicates nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 import ray
 from sqlalchemy import select
 
+from indexer.ray_source import RaySource
 from indexer.sync import Indexer
 from search.catalog import ImageRecord, StoredVector
 from search.collection import Collection
@@ -117,7 +118,9 @@ def test_an_encoder_actor_killed_mid_run_is_replaced_and_the_run_completes(
     make_photos(folder, PHOTOS)
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
     indexer = Indexer(collection, batch_size=16, progress=False, ray=cluster)
-    actor = indexer.source.actors[0]  # type: ignore[attr-defined]
+    source = indexer.source
+    assert isinstance(source, RaySource)
+    actor = source.actors[0]
     pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
     with ThreadPoolExecutor(1) as thread:
         run = thread.submit(indexer.run, [folder])
