@@ -78,12 +78,13 @@ class Truth:
         scores = self.queries @ images.T
         bucket = ids % 100
         for name, rows in (("all", slice(None)), ("1%", bucket == 7), ("50%", bucket <= 49)):
-            self.best[name] = _merged(*self.best[name], ids[rows], scores[:, rows])
+            self.best[name] = merged_top10(*self.best[name], ids[rows], scores[:, rows])
 
 
-def _merged(
+def merged_top10(
     top: np.ndarray, top_ids: np.ndarray, ids: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best 10 (scores, ids) of its best so far and a new block of `ids` scored."""
     scores = np.concatenate([top, scores], axis=1)
     every = np.concatenate([top_ids, np.broadcast_to(ids, (len(scores), len(ids)))], axis=1)
     best = np.argpartition(-scores, 10, axis=1)[:, :10]

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.clip_like import ClipLike
+from benchmarks.query_latency import merged_top10
 from search import vectors
 from search.halfvectors import HalfVectors
 from search.vectors import VectorIndex
@@ -50,11 +51,8 @@ def exact_top10(images: np.ndarray, queries: np.ndarray) -> np.ndarray:
     ids = np.zeros((len(queries), 10), np.int64)
     for start in range(0, len(images), 4 * CHUNK):
         scores = queries @ images[start : start + 4 * CHUNK].astype(np.float32).T
-        both = np.concatenate([best, scores], axis=1)
         rows = np.arange(start, start + scores.shape[1]) + 1
-        named = np.concatenate([ids, np.broadcast_to(rows, scores.shape)], axis=1)
-        top = np.argpartition(-both, 10, axis=1)[:, :10]
-        best, ids = np.take_along_axis(both, top, 1), np.take_along_axis(named, top, 1)
+        best, ids = merged_top10(best, ids, rows, scores)
     return ids
 
 
