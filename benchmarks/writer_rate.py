@@ -3,10 +3,12 @@ collection (catalog rows, embeddings, the vector index, a transaction per batch)
 that cost nothing to make. Whatever encodes them (this machine's pipeline, a cluster of GPUs)
 cannot index faster than this.
 
-    python benchmarks/writer_rate.py --n 100000 --batch-size 32 256 1024
+    python benchmarks/writer_rate.py --n 100000 --batch-size 32 256 1024 --baseline /tmp/prev
 
 Each batch size writes N new rows into a fresh collection (ViT-B-32's 512-d vectors, no model
 loaded) and reports rows a second for the writes and for the whole run with the index saved.
+`--baseline TREE` runs the same with the release in that git worktree (one that has this
+script: 7e018af or later) and prints the ratios.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.baseline import ratio, run_json
 from indexer.items import Encoded, Result, Seen
 from indexer.plan import Sources, make_plan
 from indexer.scan import FoundFile
@@ -75,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[32, 256, 1024])
+    parser.add_argument("--baseline", type=Path, help="the release to compare, a git worktree")
     args = parser.parse_args()
     todo = results(Path("/photos"), args.n, 512)
     rows = []
@@ -82,7 +86,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             rows.append(rate(Path(folder), batch_size, todo))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"n": args.n, "runs": rows}))
+    result: dict = {"n": args.n, "runs": rows}
+    if args.baseline:
+        sizes = [str(size) for size in args.batch_size]
+        script = ("benchmarks/writer_rate.py", "--n", str(args.n), "--batch-size", *sizes)
+        result["baseline"] = run_json(args.baseline, *script)["runs"]
+        result["ratios"] = [
+            ratio(new["rows_per_second_writing"], old["rows_per_second_writing"])
+            for new, old in zip(rows, result["baseline"], strict=True)
+        ]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

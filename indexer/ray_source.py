@@ -10,6 +10,8 @@ whose node or worker was lost.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -41,11 +43,24 @@ def decode_chunk(
     files: Sequence[FoundFile], layout: InputLayout, known: KnownContent, max_pixels: int
 ) -> list[Item]:
     """A chunk of files as Loaded, Seen or Failed, decoded by one capped worker process."""
+    _check_shared({file.root for file in files})
     return [
         item
         for batch in load_batches(files, layout, known, len(files), 1, max_pixels)
         for item in batch
     ]
+
+
+def _check_shared(roots: set[str]) -> None:
+    """A folder this node cannot open stops the run. Taken file by file as unreadable, a node
+    without the share mounted would record every file it was given as failed, and drop the
+    catalog rows of those already indexed."""
+    for root in roots:
+        if not (os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)):
+            raise ClipsearchError(
+                f"the Ray node {socket.gethostname()} cannot read {root}: every node needs "
+                "the indexed folders at the same path, on a filesystem they share"
+            )
 
 
 class EncoderActor:
@@ -111,7 +126,17 @@ class RaySource:
                 actor = self.actors[len(pending) % len(self.actors)]
                 pending.append(actor.encode.remote(decoded))
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            yield self._get(done[0])
 
     def encode_one(self, seen: Seen) -> Encoded | Failed:
-        return self.ray.get(self.actors[0].encode_one.remote(seen))
+        return self._get(self.actors[0].encode_one.remote(seen))
+
+    def _get(self, ref: Any) -> Any:
+        """A task's result; our own errors raised on a node arrive as themselves (one line),
+        not wrapped in the remote traceback."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ClipsearchError):
+                raise exc.cause from None
+            raise

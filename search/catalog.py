@@ -27,6 +27,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import DatabaseError, OperationalError
@@ -217,6 +218,16 @@ class Catalog:
     @staticmethod
     def bump_generation(session: Session) -> None:
         session.execute(update(Meta).where(Meta.key == GENERATION).values(value=Meta.value + 1))
+
+    @staticmethod
+    def next_image_ids(session: Session, count: int) -> range:
+        """The ids the next `count` new images take, for the writer (which holds the writer
+        lock) to insert with: ids given by the database one row at a time made every row its
+        own INSERT ... RETURNING. Counted from AUTOINCREMENT's record of the highest id ever
+        used, so a deleted image's id is still never handed out again."""
+        last = session.scalar(text("SELECT seq FROM sqlite_sequence WHERE name = 'images'"))
+        first = (last or 0) + 1
+        return range(first, first + count)
 
     def root_for(self, session: Session, path: str) -> Root:
         root = session.scalar(select(Root).where(Root.path == path))

@@ -82,6 +82,26 @@ def test_changed_deleted_moved_and_new_files(
     assert_index_matches_catalog(collection)
 
 
+def test_an_id_is_never_handed_out_twice(
+    collection: Collection, encoder: Encoder, photos: Path
+) -> None:
+    """A stale link to a deleted image must not show the next image added."""
+    before = ids_by_path(collection)
+    newest = max(before, key=before.__getitem__)
+    (photos / newest).rename(photos.parent / "kept-aside")
+    assert reindex(collection, encoder, photos).removed == 1
+    shutil.copy2(SAMPLES / "snowman.png", photos / "new-a.png")
+    draw_photos(photos / "new", 1, seed=7)  # new/new-000.jpg
+
+    assert reindex(collection, encoder, photos).added == 2
+    after = ids_by_path(collection)
+    assert sorted([after["new-a.png"], after["new/new-000.jpg"]]) == [
+        before[newest] + 1,
+        before[newest] + 2,
+    ]
+    assert_index_matches_catalog(collection)
+
+
 def test_bad_files_are_recorded_and_skipped(
     collection: Collection, encoder: Encoder, photos: Path
 ) -> None:

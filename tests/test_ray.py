@@ -20,6 +20,7 @@ import ray
 from sqlalchemy import select
 
 from indexer.ray_source import RaySource
+from indexer.scan import FoundFile
 from indexer.sync import Indexer
 from search.catalog import ImageRecord, StoredVector
 from search.collection import Collection
@@ -130,6 +131,21 @@ def test_an_encoder_actor_killed_mid_run_is_replaced_and_the_run_completes(
         summary = run.result(timeout=300)
     assert summary.added == PHOTOS and summary.failed == 0
     assert ray.get(actor.__ray_call__.remote(lambda _: os.getpid())) != pid
+
+
+def test_a_folder_a_node_cannot_read_stops_the_run_in_one_line(
+    cluster: str, tmp_path: Path, encoder: Encoder
+) -> None:
+    """The driver found files under a folder the cluster's nodes do not have (no shared mount):
+    the run stops, naming the folder, instead of recording every file as failed."""
+    unshared = tmp_path / "only-on-the-driver"
+    files = [FoundFile(str(unshared), f"{n}.jpg", 1000, 0) for n in range(3)]
+    source = RaySource(encoder.spec, cluster)
+    with pytest.raises(ClipsearchError) as caught:
+        list(source.batches(files, []))
+    message = str(caught.value)
+    assert f"cannot read {unshared}" in message and "filesystem they share" in message
+    assert "\n" not in message
 
 
 def test_without_ray_installed_the_flag_says_how_to_install_it(
