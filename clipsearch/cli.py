@@ -76,6 +76,16 @@ def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return functools.reduce(lambda decorated, option: option(decorated), reversed(options), command)
 
 
+def _exclude_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--exclude",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave out what matches (gitignore syntax, repeatable), beside the "
+        ".clipsearchignore files in the folders.",
+    )(command)
+
+
 def _spec(model: str | None, pretrained: str | None, text_model: str | None) -> ModelSpec | None:
     if not (model or pretrained or text_model):
         return None
@@ -133,6 +143,7 @@ def cli() -> None:
     "be on a filesystem every node reads.",
 )
 @click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (implies --ray).")
+@_exclude_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary last.")
 @_common
 def index(
@@ -146,6 +157,7 @@ def index(
     max_pixels: int,
     use_ray: bool,
     ray_address: str | None,
+    exclude: tuple[str, ...],
     as_json: bool,
     data_dir: Path,
     device: str,
@@ -163,7 +175,9 @@ def index(
     spec = _spec(model, pretrained, text_model)
     collection = Collection.create_or_open(data_dir, spec)
     ray = ray_address or ("" if use_ray else None)
-    indexer = Indexer(collection, None, batch_size, workers, max_pixels, device=device, ray=ray)
+    indexer = Indexer(
+        collection, None, batch_size, workers, max_pixels, device=device, ray=ray, excludes=exclude
+    )
     try:
         summary = indexer.run_catalog(catalog) if catalog else indexer.run(list(folders))
     except KeyboardInterrupt:
@@ -377,6 +391,12 @@ def stats(as_json: bool, data_dir: Path, device: str) -> None:
     click.echo(f"failed      {data['failed']}")
     for failure in data["failures"]:
         click.echo(f"  {Path(failure['root'], failure['path'])}: {failure['reason']}")
+    for root in data["roots"]:
+        click.echo(f"folder      {root['path']}")
+        if root.get("exclude"):
+            click.echo(f"  --exclude {' '.join(root['exclude'])}")
+        for name, patterns in root.get("ignore_files", {}).items():
+            click.echo(f"  {name}: {', '.join(patterns) or '(no patterns)'}")
 
 
 def main() -> None:

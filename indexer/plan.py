@@ -26,6 +26,7 @@ class Sources:
     files: list[FoundFile]
     unreadable: list[Unreadable]
     attributes: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    ignore_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # by root: to record
 
     @cached_property
     def present(self) -> set[Key]:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexer.ignore import Chain, IgnoreRules
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
@@ -42,26 +44,24 @@ class Unreadable:
     reason: str
 
 
-def scan(root: Path, exclude: frozenset[Path] = frozenset()) -> Iterator[FoundFile | Unreadable]:
+def scan(
+    root: Path, exclude: frozenset[Path] = frozenset(), rules: IgnoreRules | None = None
+) -> Iterator[FoundFile | Unreadable]:
     """Walk `root` recursively, following directory symlinks but never into a folder twice
-    (so symlink loops end), skipping hidden entries and the `exclude` folders."""
+    (so symlink loops end), skipping hidden entries, the `exclude` folders and what the ignore
+    `rules` leave out (reading the ignore files they meet on the way)."""
     root = root.resolve()
+    rules = rules or IgnoreRules()
     seen: set[tuple[int, int]] = set()
-    stack = [root]
+    stack: list[tuple[Path, Chain]] = [(root, rules.top)]
     while stack:
-        folder = stack.pop()
-        try:
-            folder_info = folder.stat()
-            if (folder_info.st_dev, folder_info.st_ino) in seen:
-                log.info("skipping %s: already visited (symlink loop or duplicate link)", folder)
-                continue
-            seen.add((folder_info.st_dev, folder_info.st_ino))
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError as exc:
-            log.warning("cannot list %s: %s", folder, exc.strerror)
+        folder, chain = stack.pop()
+        entries = _listing(folder, seen)
+        if entries is None:
             continue
         # String joins, not a Path per entry: pathlib's cost was most of a 20,000-file scan.
         prefix = "" if folder == root else folder.relative_to(root).as_posix() + "/"
+        chain = rules.entering(chain, folder, prefix)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -69,10 +69,12 @@ def scan(root: Path, exclude: frozenset[Path] = frozenset()) -> Iterator[FoundFi
             is_image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
             try:
                 if entry.is_dir(follow_symlinks=True):
-                    if Path(entry.path).resolve() not in exclude:
-                        stack.append(Path(entry.path))
+                    if Path(entry.path).resolve() not in exclude and not rules.ignores(
+                        chain, relative, is_dir=True
+                    ):
+                        stack.append((Path(entry.path), chain))
                     continue
-                if not is_image:
+                if not is_image or rules.ignores(chain, relative, is_dir=False):
                     continue
                 info = entry.stat(follow_symlinks=True)
             except OSError as exc:
@@ -84,3 +86,17 @@ def scan(root: Path, exclude: frozenset[Path] = frozenset()) -> Iterator[FoundFi
                 yield Unreadable(str(root), relative, "not a regular file")
                 continue
             yield FoundFile(str(root), relative, info.st_size, info.st_mtime_ns)
+
+
+def _listing(folder: Path, seen: set[tuple[int, int]]) -> list[os.DirEntry[str]] | None:
+    """The folder's entries by name, or None when it was visited already or cannot be listed."""
+    try:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            log.info("skipping %s: already visited (symlink loop or duplicate link)", folder)
+            return None
+        seen.add((info.st_dev, info.st_ino))
+        return sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", folder, exc.strerror)
+        return None

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from tqdm import tqdm
 
 from indexer.catalog_file import read_catalog
+from indexer.ignore import IgnoreRules
 from indexer.items import Result
 from indexer.plan import Sources, make_plan
 from indexer.scan import FoundFile, Unreadable, scan
@@ -40,10 +41,12 @@ class Indexer:
         progress: bool | None = None,
         device: str = "auto",
         ray: str | None = None,
+        excludes: Sequence[str] = (),
     ) -> None:
         """Without `encoder`, the collection's model is loaded on `device` only once a file
         needs encoding: a run with nothing new never imports torch. `ray`: encode on a Ray
-        cluster instead, at that address ("": RAY_ADDRESS if set, else a local cluster)."""
+        cluster instead, at that address ("": RAY_ADDRESS if set, else a local cluster).
+        `excludes`: gitignore patterns left out of every folder, beside its ignore files."""
         self.collection = collection
         self.catalog = collection.catalog
         self._encoder = encoder
@@ -53,6 +56,8 @@ class Indexer:
         self.max_pixels = max_pixels
         self.progress = progress  # None: a bar only on a terminal
         self.ray = ray
+        self.excludes = list(excludes)
+        IgnoreRules(self.excludes)  # a bad pattern stops the run before it starts
         self._source: Source | None = None
         self._model_seconds = 0.0
 
@@ -89,10 +94,12 @@ class Indexer:
         with self.collection.writer():
             roots = [folder.resolve() for folder in folders]
             exclude = frozenset({self.collection.root.resolve()})
-            found = [entry for root in roots for entry in scan(root, exclude)]
+            rules = {root: IgnoreRules(self.excludes) for root in roots}
+            found = [entry for root in roots for entry in scan(root, exclude, rules[root])]
             files = [entry for entry in found if isinstance(entry, FoundFile)]
             unreadable = [entry for entry in found if isinstance(entry, Unreadable)]
-            return self._sync(Sources(roots, files, unreadable))
+            ignore_rules = {str(root): rules[root].to_json() for root in roots}
+            return self._sync(Sources(roots, files, unreadable, ignore_rules=ignore_rules))
 
     def run_catalog(self, path: Path) -> Summary:
         """Index the images a CSV or JSONL catalog lists, with its columns as attributes."""

@@ -69,6 +69,7 @@ class Writer:
         self.plan = plan
         self.known = plan.known  # kept current as rows are added, moved and dropped
         self.attributes = sources.attributes
+        self.ignore_rules = sources.ignore_rules
         self.encode_one = encode_one
         self.summary = Summary(unchanged=plan.unchanged, failed=plan.still_failed)
         self.roots = [str(folder) for folder in sources.roots]
@@ -92,7 +93,10 @@ class Writer:
 
     def _begin(self) -> None:
         with self.catalog.transaction() as session:
-            self.root_ids = {path: self.catalog.root_for(session, path).id for path in self.roots}
+            for path in self.roots:
+                root = self.catalog.root_for(session, path)
+                root.ignore_rules = self.ignore_rules.get(path, root.ignore_rules)
+                self.root_ids[path] = root.id
             for row_id, attributes in self.plan.new_attributes.items():
                 row = update(ImageRecord).where(ImageRecord.id == row_id)
                 session.execute(row.values(attributes=attributes))

@@ -55,6 +55,8 @@ class Root(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(unique=True)
+    # What its last run left out: {"exclude": [globs], "ignore_files": {path: [patterns]}}.
+    ignore_rules: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class ImageRecord(Base):

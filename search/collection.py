@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from search.catalog import Catalog, Failure
+from search.catalog import Catalog, Failure, Root
 from search.errors import CollectionError, StorageError
 from search.halfvectors import HALF_VECTORS, HalfVectors
 from search.migrations import SCHEMA_VERSION
@@ -135,6 +135,10 @@ class Collection:
                 {"path": f.path, "root": f.root.path, "reason": f.reason}
                 for f in session.scalars(select(Failure).order_by(Failure.root_id, Failure.path))
             ]
+            roots = [
+                {"path": root.path, **root.ignore_rules}
+                for root in session.scalars(select(Root).order_by(Root.path))
+            ]
         return {
             "images": counts["images"],
             "failed": counts["failed"],
@@ -143,6 +147,7 @@ class Collection:
             "embed_dim": self.spec.embed_dim,
             "index": index,
             "failures": failures,
+            "roots": roots,
         }
 
     def encoder(self, device: str = "auto") -> Encoder:

@@ -27,9 +27,14 @@ def _embeddings_apart(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE images DROP COLUMN embedding"))
 
 
+def _root_ignore_rules(connection: Connection) -> None:
+    """Schema 3: each indexed folder keeps the ignore rules its last run applied, for `stats`."""
+    connection.execute(text("ALTER TABLE roots ADD COLUMN ignore_rules JSON NOT NULL DEFAULT '{}'"))
+
+
 # STEPS[n] upgrades a catalog of schema n + 1 to schema n + 2; the release before migrations
 # existed wrote schema 1 and no version row.
-STEPS: tuple[Callable[[Connection], None], ...] = (_embeddings_apart,)
+STEPS: tuple[Callable[[Connection], None], ...] = (_embeddings_apart, _root_ignore_rules)
 SCHEMA_VERSION = len(STEPS) + 1
 
 

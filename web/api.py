@@ -31,7 +31,8 @@ def image(image_id: int) -> Any:
 def stats() -> Any:
     engine = get_engine()
     data = engine.collection.stats(engine.vectors)
-    data.pop("failures")  # paths on the server's disk are not the API's business
+    for private in ("failures", "roots"):  # paths on the server's disk are not the API's business
+        data.pop(private)
     return jsonify(data)
 
 
