@@ -13,11 +13,20 @@ from typing import Any, TypeVar
 
 import click
 
+from search.catalog import ImageRecord
 from search.collection import Collection, default_data_dir
 from search.errors import BadRequest, ClipsearchError, NoQuery
 from search.filters import FILTER_KEYS
 from search.imaging import DEFAULT_MAX_PIXELS
-from search.request import DEFAULT_K, DUPLICATE_COSINE, MAX_K, MAX_OFFSET, SearchRequest
+from search.request import (
+    DEFAULT_K,
+    DUPLICATE_COSINE,
+    MAX_K,
+    MAX_OFFSET,
+    MIN_DUPLICATE_COSINE,
+    DuplicatesRequest,
+    SearchRequest,
+)
 from search.spec import ModelSpec
 
 log = logging.getLogger("clipsearch")
@@ -286,6 +295,44 @@ def _usage(parse: Callable[..., T], *args: Any) -> T:
         raise click.UsageError("give TEXT, --image FILE or --like ID") from None
     except BadRequest as exc:
         raise click.UsageError(str(exc)) from None
+
+
+@cli.command()
+@click.option(
+    "--threshold",
+    type=float,
+    default=DUPLICATE_COSINE,
+    show_default=True,
+    help=f"The cosine from which two images are copies ({MIN_DUPLICATE_COSINE} to 1).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON, every group.")
+@_common
+def duplicates(threshold: float, as_json: bool, data_dir: Path, device: str) -> None:
+    """Groups of copies of one photo: the same bytes, or resized, re-encoded and burst copies
+    (cosine at least --threshold); the best copy (most pixels, then earliest) first."""
+    from search.duplicates import duplicate_groups, find_pairs
+
+    wanted = _usage(DuplicatesRequest.from_flat, {"threshold": threshold})
+    collection = Collection.open(data_dir)
+    vectors, _ = collection.load_vectors()
+    pairs = find_pairs(collection.catalog, vectors, wanted.threshold)
+    groups = duplicate_groups(collection.catalog, pairs, wanted.threshold)
+    if as_json:
+        from web.results import duplicates_json
+
+        everything = wanted.model_copy(update={"limit": max(1, len(groups))})
+        click.echo(json.dumps(duplicates_json(groups, everything), indent=2))
+        return
+    for best, *copies in groups:
+        click.echo(f"keep  {best.record.file_path}  ({_pixels(best.record)})")
+        for copy in copies:
+            same = "same file" if copy.same_file else f"cosine {copy.score:.4f}"
+            click.echo(f"      {copy.record.file_path}  ({_pixels(copy.record)}, {same})")
+    click.echo(f"groups of copies: {len(groups)}", err=True)
+
+
+def _pixels(record: ImageRecord) -> str:
+    return f"{record.width}x{record.height}"
 
 
 @cli.command("eval")

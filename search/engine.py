@@ -24,6 +24,7 @@ from search.filters import Filters, facets
 from search.imaging import decode_for_model
 from search.request import (
     MAX_IMAGE_ID,
+    MIN_DUPLICATE_COSINE,
     EmbeddingTerm,
     IdTerm,
     ImageTerm,
@@ -35,6 +36,7 @@ from search.sandbox import run_bounded
 from search.vectors import Allowed, VectorIndex
 
 if TYPE_CHECKING:
+    from search.duplicates import Copy, Pairs
     from search.model import Encoder
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class SearchEngine:
         self._vectors, self._generation = self._load()
         self._facets: tuple[int, dict[str, Any]] | None = None
         self._allowed = _AllowedCache()
+        self._pairs: tuple[int, Pairs] | None = None
+        self._pairs_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -211,6 +215,21 @@ class SearchEngine:
             with self.collection.catalog.sessions() as session:
                 cached = self._facets = (generation, facets(session))
         return cached[1]
+
+    def duplicates(self, threshold: float) -> list[list[Copy]]:
+        """Groups of copies at `threshold`. The pass over every vector that finds the pairs
+        runs once per generation, for the loosest threshold a request may ask: any threshold
+        then costs only the grouping, and no request can make the server repeat the pass."""
+        from search.duplicates import duplicate_groups, find_pairs
+
+        self.refresh()
+        vectors, generation = self._vectors, self._generation
+        with self._pairs_lock:  # one pass at a time; the requests behind it use its result
+            if self._pairs is None or self._pairs[0] != generation:
+                found = find_pairs(self.collection.catalog, vectors, MIN_DUPLICATE_COSINE)
+                self._pairs = (generation, found)
+            pairs = self._pairs[1]
+        return duplicate_groups(self.collection.catalog, pairs, threshold)
 
     def image(self, image_id: int) -> ImageRecord:
         record = None

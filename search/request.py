@@ -44,6 +44,12 @@ MAX_IMAGE_ID = 2**63 - 1  # SQLite's largest integer
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 MAX_EMBEDDING_DIM = 4096
 DUPLICATE_COSINE = 0.95  # resized, recompressed or burst copies of one photo score above this
+# The loosest duplicates threshold: the pairs above it are found once per generation, and any
+# threshold from here to 1 is then read from them. Looser, different photos of one scene group
+# (on CLIP-like vectors, 0.8 found 16 pairs an image, 0.9 one for every ten images).
+MIN_DUPLICATE_COSINE = 0.9
+DEFAULT_GROUPS = 20
+MAX_GROUPS = 200  # duplicate groups per page
 MAX_COLLAPSE_DEPTH = 2000  # offset + k with collapse: the pairwise check grows quadratically
 NO_QUERY = "give a query: q, text, image_id, image_b64, embedding or positive"
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
@@ -268,6 +274,31 @@ class SearchRequest(BaseModel):
         if upload is not None:
             data["positive"] = [{"image_b64": upload}]
         return cls.parse(data)
+
+
+class DuplicatesRequest(BaseModel):
+    """A page of the collection's groups of copies (`clipsearch duplicates`, the API)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(
+        DUPLICATE_COSINE,
+        ge=MIN_DUPLICATE_COSINE,
+        le=1,
+        allow_inf_nan=False,
+        description="The cosine from which two images count as copies of one photo.",
+    )
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Groups to skip.")
+    limit: int = Field(DEFAULT_GROUPS, ge=1, le=MAX_GROUPS, description="Groups per page.")
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> DuplicatesRequest:
+        if unknown := set(values) - set(cls.model_fields):
+            raise BadRequest(f"unknown parameter {str(sorted(unknown)[0])[:40]!r}")
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as exc:
+            raise BadRequest(_first_error(exc)) from None
 
 
 # What a query string or form can carry (lists and objects need the JSON body).

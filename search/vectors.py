@@ -248,6 +248,20 @@ class VectorIndex:
             )
         return scores, ids
 
+    def neighbours(self, queries: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest (scores, ids) of each of many queries, an IVF probing `probes` lists
+        (enough for what lies next to a query, as a copy lies next to its original). Rows are
+        padded with id -1; a compressed index's candidates are scored from the full vectors."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        ivf = self.ivf
+        params = None if ivf is None else faiss.SearchParametersIVF(nprobe=min(probes, ivf.nlist))
+        scores, ids = self.index.search(queries, min(k, len(self)), params=params)
+        if self.half is not None:
+            found = ids >= 0
+            rows = self.half.read(ids[found]).reshape(-1, self.dim)
+            scores[found] = np.einsum("ij,ij->i", rows, np.repeat(queries, found.sum(1), axis=0))
+        return scores, ids
+
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (id, vector) held, in no particular order (not of a compressed index, whose
         full vectors are on disk)."""

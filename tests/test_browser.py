@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import multilingual
-from tests.conftest import SAMPLES, copy_samples, run_cli, serving
+from tests.conftest import SAMPLES, TINY_THRESHOLD, copy_samples, run_cli, serving
 from web.messages import MESSAGES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -193,3 +193,33 @@ def test_a_chinese_query_with_a_multilingual_model(browser: Browser, multilingua
     expect(page.locator("#status [role=alert]")).to_have_text(MESSAGES["zh"]["error_terms_cancel"])
     context.close()
     assert not errors
+
+
+def test_the_duplicates_page_shows_each_group_best_copy_first(
+    browser: Browser, copies: Path
+) -> None:
+    """From the search page's link to the groups, in Chinese, every thumbnail loaded."""
+    with serving(copies) as (base, _process):
+        context = browser.new_context(base_url=base, locale="zh-CN")
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+        page.goto("/")
+        with page.expect_navigation():
+            page.get_by_role("link", name=MESSAGES["zh"]["duplicates"]).click()
+        loaded = "[...document.querySelectorAll('.group img')].every(i => i.complete)"
+        wait_until(page, loaded)  # the default threshold's groups, before leaving them
+        page.locator("#threshold").fill(TINY_THRESHOLD)
+        with page.expect_navigation():
+            page.locator("#duplicates button").click()
+        wait_until(page, f"{loaded} && document.querySelectorAll('.group img').length == 4")
+        assert page.evaluate(
+            "[...document.querySelectorAll('.group img')].every(i => i.naturalWidth > 0)"
+        )
+        expect(page.locator(".group li").first).to_contain_text(MESSAGES["zh"]["best_copy"])
+        expect(page.locator(".group li").first).to_contain_text("red-apple.jpg")
+        expect(page.locator("#status")).to_contain_text("共 1 组")
+        page.screenshot(path=str(copies.parent / "duplicates.png"), full_page=True)
+        context.close()
+    assert not problems

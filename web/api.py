@@ -1,4 +1,4 @@
-"""The JSON API: search, image metadata and collection stats."""
+"""The JSON API: search, image metadata, duplicates and collection stats."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from search.request import DuplicatesRequest
 from web import get_engine
 from web.openapi import document
 from web.params import parse_search
-from web.results import image_json, page_json
+from web.results import duplicates_json, image_json, page_json
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -34,6 +35,12 @@ def stats() -> Any:
     for private in ("failures", "roots"):  # paths on the server's disk are not the API's business
         data.pop(private)
     return jsonify(data)
+
+
+@api.get("/duplicates")
+def duplicates() -> Any:
+    wanted = DuplicatesRequest.from_flat(request.args)
+    return jsonify(duplicates_json(get_engine().duplicates(wanted.threshold), wanted))
 
 
 @api.get("/facets")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from search.errors import CODES
 from search.filters import filters_schema
-from search.request import FLAT_FIELDS, MAX_IMAGE_ID, SearchRequest
+from search.request import FLAT_FIELDS, MAX_IMAGE_ID, DuplicatesRequest, SearchRequest
 
 REF = "#/components/schemas/{model}"
 
@@ -76,6 +76,31 @@ class Stats(BaseModel):
     index: IndexInfo
 
 
+class Copy(BaseModel):
+    id: int
+    path: str = Field(description="Relative to its indexed folder.")
+    url: str
+    thumbnail_url: str
+    width: int
+    height: int
+    size: int
+    taken_at: str = Field(description="EXIF capture time, else file time (ISO 8601).")
+    score: float = Field(description="Cosine similarity with the group's first image.")
+    same_file: bool = Field(description="Byte for byte the group's first image.")
+
+
+class Group(BaseModel):
+    images: list[Copy] = Field(description="The best copy first: most pixels, then earliest.")
+
+
+class Duplicates(BaseModel):
+    groups: list[Group] = Field(description="Larger groups first.")
+    count: int = Field(description="Groups in all, on every page.")
+    offset: int
+    limit: int
+    threshold: float
+
+
 class ValueChoices(BaseModel):
     values: list[str]
 
@@ -101,7 +126,7 @@ class Health(BaseModel):
 def document(version: str) -> dict[str, Any]:
     request = SearchRequest.model_json_schema(ref_template=REF)
     schemas = {**request.pop("$defs", {}), "SearchRequest": request}
-    for model in (Error, Results, ImageInfo, Stats, Facets, Health):
+    for model in (Error, Results, ImageInfo, Stats, Duplicates, Facets, Health):
         schema = model.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}), **{model.__name__: schema})
     query = _query_parameters(request)
@@ -121,6 +146,7 @@ def document(version: str) -> dict[str, Any]:
             "/images/{id}": _by_id("The original file", _binary("image/*")),
             "/thumbs/{id}": _by_id("A JPEG thumbnail, about 256 px", _binary("image/jpeg")),
             "/api/stats": _simple("Counts, model and index type", _json("Stats")),
+            "/api/duplicates": _duplicates(),
             "/api/facets": _simple("What the filters can choose from", _json("Facets")),
             "/api/openapi.json": _simple("This document", _json_object()),
             "/healthz": _simple("Liveness, and the number of images searched", _json("Health")),
@@ -200,6 +226,18 @@ def _search_post(request: dict[str, Any]) -> dict[str, Any]:
             "404": _json("Error", "Unknown image id"),
             "413": _json("Error", "Body too large"),
         },
+    }
+
+
+def _duplicates() -> dict[str, Any]:
+    fields = DuplicatesRequest.model_json_schema()["properties"]
+    return {
+        "get": {
+            "summary": "Groups of copies of one photo: the same bytes, or a cosine of at least "
+            "threshold",
+            "parameters": [_parameter(name, schema) for name, schema in fields.items()],
+            "responses": {"200": _json("Duplicates"), "400": _json("Error", "Bad parameter")},
+        }
     }
 
 

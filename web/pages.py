@@ -1,4 +1,4 @@
-"""The HTML search page and the health check."""
+"""The HTML search and duplicates pages, and the health check."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, render_template, request
 
 from search.errors import ClipsearchError, NoQuery
+from search.request import DUPLICATE_COSINE, MIN_DUPLICATE_COSINE, DuplicatesRequest
 from web import error_status, get_engine
 from web.messages import LANGUAGES, MESSAGES, choose_language, translator
 from web.params import parse_search
@@ -42,6 +43,30 @@ def index() -> Any:
         model=engine.collection.spec.name,
     )
     # The page depends on the language the request asks for: caches must keep them apart.
+    return html, status, {"Vary": "Accept-Language, Cookie", "Content-Language": lang}
+
+
+@pages.get("/duplicates")
+def duplicates() -> Any:
+    """Groups of copies, best copy first, rendered on the server: a page to tidy up with."""
+    engine = get_engine()
+    lang = choose_language(request)
+    wanted, groups, error, status = None, [], None, 200
+    try:
+        wanted = DuplicatesRequest.from_flat(request.args)
+        groups = engine.duplicates(wanted.threshold)
+    except ClipsearchError as exc:
+        error, status = str(exc), error_status(exc)
+    html = render_template(
+        "duplicates.html",
+        lang=lang,
+        t=translator(lang),
+        wanted=wanted,
+        groups=groups,
+        error=error,
+        default_threshold=DUPLICATE_COSINE,
+        min_threshold=MIN_DUPLICATE_COSINE,
+    )
     return html, status, {"Vary": "Accept-Language, Cookie", "Content-Language": lang}
 
 

@@ -3,10 +3,14 @@ share, with the URLs the files blueprint serves each image under."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search.catalog import ImageRecord
 from search.engine import Hit, Page
+from search.request import DuplicatesRequest
+
+if TYPE_CHECKING:
+    from search.duplicates import Copy  # networkx: imported when duplicates are asked for
 
 
 def links(image_id: int) -> dict[str, str]:
@@ -34,6 +38,33 @@ def page_json(page: Page, model: str) -> dict[str, Any]:
         "offset": page.offset,
         "took_ms": round(page.took_ms, 2),
         "model": model,
+    }
+
+
+def duplicates_json(groups: list[list[Copy]], request: DuplicatesRequest) -> dict[str, Any]:
+    """One page of groups of copies, each best copy first."""
+    page = groups[request.offset : request.offset + request.limit]
+    return {
+        "groups": [{"images": [copy_json(copy) for copy in group]} for group in page],
+        "count": len(groups),
+        "offset": request.offset,
+        "limit": request.limit,
+        "threshold": request.threshold,
+    }
+
+
+def copy_json(copy: Copy) -> dict[str, Any]:
+    record = copy.record
+    return {
+        "id": record.id,
+        "path": record.path,
+        **links(record.id),
+        "width": record.width,
+        "height": record.height,
+        "size": record.size,
+        "taken_at": record.taken_at.isoformat(),
+        "score": round(min(copy.score, 1.0), 6),
+        "same_file": copy.same_file,
     }
 
 
