@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -298,6 +302,66 @@ def _usage(parse: Callable[..., T], *args: Any) -> T:
 
 
 @cli.command()
+@click.argument(
+    "folders",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@_model_options
+@_exclude_option
+@click.option("--json", "as_json", is_flag=True, help="Print each run's summary as a JSON line.")
+@_common
+def watch(
+    folders: tuple[Path, ...],
+    model: str | None,
+    pretrained: str | None,
+    text_model: str | None,
+    exclude: tuple[str, ...],
+    as_json: bool,
+    data_dir: Path,
+    device: str,
+) -> None:
+    """Index FOLDERS, then follow them: new, changed, moved and deleted photos are applied as
+    they happen, until Ctrl-C or SIGTERM."""
+    from indexer.sync import Indexer
+    from indexer.watch import Watcher
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `index`: workers share the cores
+    collection = Collection.create_or_open(data_dir, _spec(model, pretrained, text_model))
+    indexer = Indexer(collection, device=device, excludes=exclude, progress=False)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with contextlib.suppress(KeyboardInterrupt):  # the signal's: a run kept what it committed
+        Watcher(indexer, list(folders), functools.partial(_report, as_json)).run(stop)
+    click.echo("clipsearch: stopped watching; everything indexed is kept", err=True)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop` and, the first time, interrupt the work under way."""
+
+    def stopping(signum: int, frame: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGTERM, stopping)
+
+
+def _report(as_json: bool, summary: Any) -> None:
+    """One line a run that changed something (a JSON line for every run with --json)."""
+    s = summary
+    if as_json:
+        click.echo(json.dumps(s.to_json()))
+    elif s.added or s.updated or s.moved or s.removed:
+        click.echo(
+            f"{time.strftime('%H:%M:%S')}  {s.added} added, {s.updated} updated, "
+            f"{s.moved} moved, {s.removed} removed, {s.failed} failed"
+        )
+
+
+@cli.command()
 @click.option(
     "--threshold",
     type=float,
@@ -396,9 +460,24 @@ def evaluate(
     metavar="ORIGIN",
     help="Let pages of ORIGIN (https://shop.example) call the JSON API; '*' for any. Repeatable.",
 )
+@click.option(
+    "--watch",
+    "watched",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also index this folder and follow its changes (`clipsearch watch`). Repeatable.",
+)
+@_exclude_option
 @_common
 def serve(
-    host: str, port: int, threads: int, cors_origins: tuple[str, ...], data_dir: Path, device: str
+    host: str,
+    port: int,
+    threads: int,
+    cors_origins: tuple[str, ...],
+    watched: tuple[Path, ...],
+    exclude: tuple[str, ...],
+    data_dir: Path,
+    device: str,
 ) -> None:
     """Serve the search page and the JSON API on a production WSGI server (waitress)."""
     import faiss
@@ -411,6 +490,8 @@ def serve(
     # as well only makes them wait on each other (a flat search: 0.76 ms on one, 1.04 on two).
     faiss.omp_set_num_threads(1)
 
+    if watched:
+        _watch_beside(data_dir, device, watched, exclude)
     app = create_app({"DATA_DIR": data_dir, "DEVICE": device, "CORS_ORIGINS": list(cors_origins)})
     # Request handling holds the GIL, so it never uses more than one core: the model gets the
     # others. On 2 cores this serves 11% more requests at 32 clients; a lone text query takes
@@ -419,6 +500,28 @@ def serve(
     server = create_server(app, host=host, port=port, threads=threads)
     log.info("serving %s on http://%s:%s/", data_dir, host, server.effective_port)
     server.run()
+
+
+def _watch_beside(
+    data_dir: Path, device: str, folders: tuple[Path, ...], exclude: tuple[str, ...]
+) -> None:
+    """`serve --watch`: the watcher on a thread of the server's process, with a model of its
+    own (made once a file needs it); the server follows its generations as it follows any
+    indexer's. The collection is made first, with the default model, if there is none yet."""
+    from indexer.sync import Indexer
+    from indexer.watch import Watcher
+
+    collection = Collection.create_or_open(data_dir, None)
+    indexer = Indexer(collection, device=device, excludes=exclude, progress=False)
+    watcher = Watcher(indexer, list(folders), functools.partial(_report, False))
+
+    def watching() -> None:
+        try:
+            watcher.run(threading.Event())  # stops with the process: every run is crash-safe
+        except ClipsearchError as exc:
+            log.error("stopped watching: %s", exc)
+
+    threading.Thread(target=watching, name="clipsearch-watch", daemon=True).start()
 
 
 @cli.command()

@@ -27,11 +27,17 @@ class Sources:
     unreadable: list[Unreadable]
     attributes: dict[Key, dict[str, Any]] = field(default_factory=dict)
     ignore_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # by root: to record
+    held: list[FoundFile] = field(default_factory=list)  # present, but left for a later run
+
+    def hold_newer(self, mtime_ns: int) -> None:
+        """Hold back the files modified at or after `mtime_ns`."""
+        self.held = [f for f in self.files if f.mtime_ns >= mtime_ns]
+        self.files = [f for f in self.files if f.mtime_ns < mtime_ns]
 
     @cached_property
     def present(self) -> set[Key]:
         """Computed once: the plan looks up every catalog row in it."""
-        return {(f.root, f.path) for f in [*self.files, *self.unreadable]}
+        return {(f.root, f.path) for f in [*self.files, *self.unreadable, *self.held]}
 
 
 @dataclass

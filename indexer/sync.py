@@ -86,8 +86,10 @@ class Indexer:
             self._model_seconds += time.perf_counter() - started
         return self._source
 
-    def run(self, folders: Sequence[Path]) -> Summary:
-        """Index image folders recursively."""
+    def run(self, folders: Sequence[Path], written_before: float | None = None) -> Summary:
+        """Index image folders recursively. Files modified at or after `written_before` (a
+        time.time()) are held for a later run, neither read nor dropped: they may still be
+        being copied, and a file read half-written would be read again once complete."""
         for folder in folders:
             if not folder.is_dir():
                 raise ClipsearchError(f"not a folder: {folder}")
@@ -99,7 +101,10 @@ class Indexer:
             files = [entry for entry in found if isinstance(entry, FoundFile)]
             unreadable = [entry for entry in found if isinstance(entry, Unreadable)]
             ignore_rules = {str(root): rules[root].to_json() for root in roots}
-            return self._sync(Sources(roots, files, unreadable, ignore_rules=ignore_rules))
+            sources = Sources(roots, files, unreadable, ignore_rules=ignore_rules)
+            if written_before is not None:
+                sources.hold_newer(int(written_before * 1e9))
+            return self._sync(sources)
 
     def run_catalog(self, path: Path) -> Summary:
         """Index the images a CSV or JSONL catalog lists, with its columns as attributes."""
@@ -120,7 +125,8 @@ class Indexer:
             writer.record_unreadable(sources.unreadable)
             writer.remove_missing(sources.present)
         summary = writer.summary
-        summary.scanned = len(sources.files) + len(sources.unreadable)
+        summary.scanned = len(sources.files) + len(sources.unreadable) + len(sources.held)
+        summary.held = len(sources.held)
         summary.seconds = time.perf_counter() - started
         summary.model_seconds, self._model_seconds = self._model_seconds, 0.0
         return summary

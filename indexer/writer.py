@@ -32,6 +32,7 @@ class Summary:
     moved: int = 0
     removed: int = 0
     failed: int = 0
+    held: int = 0  # still being written: left for a later run
     seconds: float = 0.0
     model_seconds: float = 0.0  # of `seconds`, loading the model (once a file needed it)
 

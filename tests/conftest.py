@@ -169,11 +169,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, *, inside: str = "") -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`clipsearch serve` on 127.0.0.1, as a user starts it; `inside` is a shell prelude it
-    runs after (a mount namespace's mounts), ending in `exec`."""
+def serving(
+    data_dir: Path, *options: str, inside: str = ""
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`clipsearch serve OPTIONS` on 127.0.0.1, as a user starts it; `inside` is a shell
+    prelude it runs after (a mount namespace's mounts), ending in `exec`."""
     port = free_port()
-    command = [sys.executable, "-m", "clipsearch", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "clipsearch", "serve", "--port", str(port), *options]
     command += ["--data-dir", str(data_dir), "--device", "cpu"]
     if inside:
         command = ["unshare", "-rm", "sh", "-c", f"{inside} {shlex.join(command)}"]
