@@ -9,6 +9,7 @@ ignored folder comes back, because the scan never enters it (git's rule too).
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathspec import GitIgnoreSpec
 from search.errors import ClipsearchError
 
 IGNORE_FILE = ".clipsearchignore"
+MAX_IGNORE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class IgnoreRules:
         without it would take in exactly what someone asked to keep out."""
         path = folder / IGNORE_FILE
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = _read(path)
         except FileNotFoundError:
             return chain
         except (OSError, UnicodeDecodeError) as exc:
@@ -66,6 +68,17 @@ class IgnoreRules:
 
     def to_json(self) -> dict[str, Any]:
         return {"exclude": self.excludes, "ignore_files": self.files}
+
+
+def _read(path: Path) -> list[str]:
+    """The file's lines; a FIFO or device by that name would block the run, a huge file fill
+    its memory."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(0, "not a regular file")
+    if info.st_size > MAX_IGNORE_BYTES:
+        raise OSError(0, f"larger than {MAX_IGNORE_BYTES:,} bytes")
+    return path.read_text(encoding="utf-8").splitlines()
 
 
 def _spec(lines: Sequence[str], origin: str) -> GitIgnoreSpec:

@@ -4,13 +4,14 @@ catalog, and the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from indexer.ignore import IGNORE_FILE
+from indexer.ignore import IGNORE_FILE, MAX_IGNORE_BYTES
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
@@ -92,15 +93,25 @@ def test_exclude_globs_apply_beside_the_ignore_files_and_stats_shows_both(
     assert "--exclude thumbs/ snowman.png" in shown and "trips/.clipsearchignore: 2024/" in shown
 
 
+@pytest.mark.parametrize("kind", ["not utf-8", "a fifo", "a folder", "too large"])
 def test_an_ignore_file_that_cannot_be_read_stops_the_run_in_one_line(
-    tmp_path: Path, tree: Path
+    tmp_path: Path, tree: Path, kind: str
 ) -> None:
-    """Indexing on without it would take in what someone asked to keep out."""
-    (tree / "trips" / IGNORE_FILE).write_bytes(b"private/\n\xff\xfe\n")
+    """Indexing on without it would take in what someone asked to keep out; a FIFO by that
+    name must not block the run, nor a huge file fill its memory."""
+    path = tree / "trips" / IGNORE_FILE
+    if kind == "not utf-8":
+        path.write_bytes(b"private/\n\xff\xfe\n")
+    elif kind == "a fifo":
+        os.mkfifo(path)
+    elif kind == "a folder":
+        path.mkdir()
+    else:
+        path.write_text("# padding\n" * (MAX_IGNORE_BYTES // 10 + 1))
     result = run_cli("index", str(tree), "--data-dir", str(tmp_path / "data"), *TINY_ARGS,
                      check=False)  # fmt: skip
-    assert result.returncode != 0
-    assert f"cannot read {tree / 'trips' / IGNORE_FILE}" in one_line(result.stderr)
+    assert result.returncode == 1
+    assert f"cannot read {path}" in one_line(result.stderr)
 
 
 def test_a_bad_exclude_pattern_is_refused_before_anything_runs(
