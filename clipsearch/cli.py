@@ -89,6 +89,23 @@ def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return functools.reduce(lambda decorated, option: option(decorated), reversed(options), command)
 
 
+def _rebuilt(
+    data_dir: Path, spec: ModelSpec | None, device: str, batch_size: int | None, max_pixels: int
+) -> Collection:
+    """`index --rebuild`: the collection moved to `spec` (or to the model of the rebuild that
+    was interrupted), before the folders are indexed as usual."""
+    from indexer.rebuild import rebuild
+
+    collection = Collection.create_or_open(data_dir, None)
+    target = spec or collection.next_spec()
+    if target is None:
+        raise click.UsageError("--rebuild needs the new --model (and --pretrained)")
+    if not target.same_model(collection.spec) or collection.next_spec() is not None:
+        done = rebuild(collection, target, device, batch_size, max_pixels)
+        log.info("embedded %d images with %s", done, target.describe())
+    return collection
+
+
 def _exclude_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--exclude",
@@ -156,6 +173,12 @@ def cli() -> None:
     "be on a filesystem every node reads.",
 )
 @click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (implies --ray).")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Move the collection to --model/--pretrained in place: every image embedded again "
+    "while servers keep answering, then one switch (resumes if interrupted).",
+)
 @_exclude_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary last.")
 @_common
@@ -170,6 +193,7 @@ def index(
     max_pixels: int,
     use_ray: bool,
     ray_address: str | None,
+    rebuild: bool,
     exclude: tuple[str, ...],
     as_json: bool,
     data_dir: Path,
@@ -186,7 +210,10 @@ def index(
     if bool(folders) == bool(catalog):
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
     spec = _spec(model, pretrained, text_model)
-    collection = Collection.create_or_open(data_dir, spec)
+    if rebuild:
+        collection = _rebuilt(data_dir, spec, device, batch_size, max_pixels)
+    else:
+        collection = Collection.create_or_open(data_dir, spec)
     ray = ray_address or ("" if use_ray else None)
     indexer = Indexer(
         collection, None, batch_size, workers, max_pixels, device=device, ray=ray, excludes=exclude

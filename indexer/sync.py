@@ -22,7 +22,7 @@ from indexer.scan import FoundFile, Unreadable, scan
 from indexer.writer import Summary, Writer
 from search.catalog import ImageRecord
 from search.collection import Collection
-from search.errors import ClipsearchError
+from search.errors import ClipsearchError, CollectionError
 from search.imaging import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -115,6 +115,11 @@ class Indexer:
             return self._sync(sources)
 
     def _sync(self, sources: Sources) -> Summary:
+        if (pending := self.collection.next_spec()) is not None:
+            raise CollectionError(
+                f"{self.collection.root} is moving to {pending.describe()}: finish that first, "
+                "with 'clipsearch index FOLDER --rebuild'"
+            )
         started = time.perf_counter()
         with self.catalog.sessions() as session:
             plan = make_plan(session, sources)

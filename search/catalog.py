@@ -135,6 +135,13 @@ class Meta(Base):
 
 
 GENERATION = "generation"
+SWITCHED = "model_switched"  # set by the switch to the next model until its manifest is in place
+# The next model's embeddings while a rebuild runs: the embeddings table's own layout, so that
+# the switch only renames it.
+NEXT_EMBEDDINGS = (
+    "CREATE TABLE IF NOT EXISTS next_embeddings (id INTEGER NOT NULL, vector BLOB NOT NULL, "
+    "PRIMARY KEY (id), FOREIGN KEY(id) REFERENCES images (id) ON DELETE CASCADE)"
+)
 SCHEMA = "schema_version"  # absent in the schema-1 catalogs written before migrations existed
 
 
@@ -230,6 +237,19 @@ class Catalog:
         last = session.scalar(text("SELECT seq FROM sqlite_sequence WHERE name = 'images'"))
         first = (last or 0) + 1
         return range(first, first + count)
+
+    @staticmethod
+    def switch_embeddings(session: Session) -> None:
+        """The next model's embeddings become the collection's, in the caller's transaction;
+        an image that has none (its file could not be read again) leaves the collection."""
+        for statement in (
+            "DELETE FROM images WHERE id NOT IN (SELECT id FROM next_embeddings)",
+            "DROP TABLE embeddings",
+            "ALTER TABLE next_embeddings RENAME TO embeddings",
+        ):
+            session.execute(text(statement))
+        session.merge(Meta(key=SWITCHED, value=1))
+        Catalog.bump_generation(session)
 
     def root_for(self, session: Session, path: str) -> Root:
         root = session.scalar(select(Root).where(Root.path == path))

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, text
 
-from search.catalog import Catalog, Failure, Root
+from search.catalog import NEXT_EMBEDDINGS, SWITCHED, Catalog, Failure, Meta, Root
 from search.errors import CollectionError, StorageError
 from search.halfvectors import HALF_VECTORS, HalfVectors
 from search.migrations import SCHEMA_VERSION
@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 CATALOG = "catalog.sqlite"
 THUMBNAILS = "thumbs"
 WRITER_LOCK = "index.lock"
+NEXT_MANIFEST = "next-model.json"  # the model a rebuild is moving the collection to
 
 
 def default_data_dir() -> Path:
@@ -66,7 +67,58 @@ class Collection:
             )
         collection = cls(data_dir, ModelSpec.from_json(manifest["model"]))
         collection._upgrade()  # a damaged catalog says so now, in one line
+        collection._finish_switch()
         return collection
+
+    # Changing model in place (indexer/rebuild.py): the next model's identity waits in
+    # NEXT_MANIFEST and its vectors in the catalog's next_embeddings table; one transaction
+    # switches the vectors, then the manifest is replaced.
+
+    def next_spec(self) -> ModelSpec | None:
+        """The model a rebuild under way is moving the collection to."""
+        manifest = _read_manifest(self.root, NEXT_MANIFEST)
+        return None if manifest is None else ModelSpec.from_json(manifest["model"])
+
+    def current_spec(self) -> ModelSpec:
+        """The model as the manifest says now: servers ask it when the generation moves."""
+        manifest = _read_manifest(self.root)
+        return self.spec if manifest is None else ModelSpec.from_json(manifest["model"])
+
+    def begin_rebuild(self, spec: ModelSpec) -> None:
+        """Make room for `spec`'s vectors, keeping those of an interrupted rebuild to the same
+        model (it resumes) and dropping those of a rebuild to another."""
+        pending = self.next_spec()
+        with self.catalog.transaction() as session:
+            if pending is not None and not pending.same_model(spec):
+                session.execute(text("DROP TABLE IF EXISTS next_embeddings"))
+            session.execute(text(NEXT_EMBEDDINGS))
+        _write_json_atomic(
+            self.root / NEXT_MANIFEST,
+            {"schema_version": SCHEMA_VERSION, "model": spec.to_json()},
+        )
+
+    def switch_model(self) -> None:
+        with self.catalog.transaction() as session:
+            Catalog.switch_embeddings(session)
+        self._adopt_next()
+
+    def _finish_switch(self) -> None:
+        """A switch whose catalog part committed before a crash gets its manifest now, from
+        whoever opens the collection first and can take the writer lock."""
+        if self.read_only or self.next_spec() is None:
+            return
+        with contextlib.suppress(CollectionError), self.writer():
+            with self.catalog.sessions() as session:
+                switched = session.get(Meta, SWITCHED) is not None
+            if switched:
+                self._adopt_next()
+
+    def _adopt_next(self) -> None:
+        os.replace(self.root / NEXT_MANIFEST, self.root / MANIFEST)
+        with self.catalog.transaction() as session:
+            session.execute(delete(Meta).where(Meta.key == SWITCHED))
+        self.spec = self.current_spec()
+        log.info("%s now uses %s", self.root, self.spec.describe())
 
     def _upgrade(self) -> None:
         """Bring an older catalog to this release's schema, in place and under the writer
@@ -97,8 +149,9 @@ class Collection:
             if collection.catalog.counts()["images"]:
                 raise CollectionError(
                     f"the collection in {data_dir} was built with {collection.spec.describe()}; "
-                    f"it will not mix in vectors of {spec.describe()}. Index into another "
-                    "--data-dir, or leave out --model/--pretrained to use the collection's model"
+                    f"it will not mix in vectors of {spec.describe()}. Add --rebuild to move it "
+                    "to the new model, index into another --data-dir, or leave out "
+                    "--model/--pretrained to use the collection's model"
                 )
             # Nothing encoded yet (a first run that failed to get its weights): free to change.
             for stale in [*data_dir.glob("vectors-*.faiss"), data_dir / HALF_VECTORS]:
@@ -262,8 +315,8 @@ class Collection:
             return False
 
 
-def _read_manifest(data_dir: Path) -> dict[str, Any] | None:
-    path = data_dir / MANIFEST
+def _read_manifest(data_dir: Path, name: str = MANIFEST) -> dict[str, Any] | None:
+    path = data_dir / name
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:

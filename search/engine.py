@@ -59,78 +59,119 @@ class Page:
     took_ms: float
 
 
+@dataclass(frozen=True)
+class _Answering:
+    """What a server answers with: replaced as one, so that no request embeds a query with one
+    model and searches another model's vectors."""
+
+    collection: Collection
+    encoder: Encoder
+    queries: QueryEncoder
+    vectors: VectorIndex
+    generation: int
+
+
 class SearchEngine:
     """Shared by every request of a server: the model and the vectors are loaded once, and a
-    newer index written by the indexer is picked up on the next query."""
+    newer index written by the indexer (or a new model, after `index --rebuild`) is picked up
+    on the next query."""
 
     def __init__(self, collection: Collection, encoder: Encoder) -> None:
-        self.collection = collection
-        self.encoder = encoder
-        self._queries = QueryEncoder(encoder)
         self._lock = threading.Lock()
-        self._vectors, self._generation = self._load()
+        self._now = self._loaded(collection, encoder, QueryEncoder(encoder))
         self._facets: tuple[int, dict[str, Any]] | None = None
         self._allowed = _AllowedCache()
         self._pairs: tuple[int, Pairs] | None = None
         self._pairs_lock = threading.Lock()
 
     @property
+    def collection(self) -> Collection:
+        return self._now.collection
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._now.encoder
+
+    @property
+    def vectors(self) -> VectorIndex:
+        return self._now.vectors
+
+    @property
     def size(self) -> int:
-        return len(self._vectors)
+        return len(self._now.vectors)
 
     def refresh(self) -> None:
         """Follow the collection: load the saved index of a newer generation if there is one;
         rebuild from the catalog only when no indexer is mid-run (else keep answering from the
         last complete index). One request loads while the others answer from the old index:
-        a compressed index of 10M images takes seconds to read."""
-        generation = self.collection.published()
-        if generation == self._generation or not self._lock.acquire(blocking=False):
+        a compressed index of 10M images takes seconds to read. While a change of model is
+        under way, the old model and its index keep answering until the switch is complete."""
+        now = self._now
+        generation = now.collection.published()
+        if generation == now.generation or not self._lock.acquire(blocking=False):
             return
         try:
-            if generation != self._generation and (
-                self.collection.vectors_path(generation).exists()
-                or not self.collection.writer_active()
+            if now.collection.next_spec() is None and (
+                now.collection.vectors_path(generation).exists()
+                or not now.collection.writer_active()
             ):
-                self._vectors, self._generation = self._load()
+                self._now = self._following(now)
         finally:
             self._lock.release()
 
-    def _load(self) -> tuple[VectorIndex, int]:
-        vectors, generation = self.collection.load_vectors()
-        if self.encoder.device.type == "cuda" and vectors.use_gpu():
+    def _following(self, now: _Answering) -> _Answering:
+        collection, encoder, queries = now.collection, now.encoder, now.queries
+        if not collection.current_spec().same_model(collection.spec):
+            collection = Collection.open(collection.root)
+            encoder, queries = self._new_model(collection, encoder.device.type)
+        return self._loaded(collection, encoder, queries)
+
+    @staticmethod
+    def _new_model(collection: Collection, device: str) -> tuple[Encoder, QueryEncoder]:
+        log.info("the collection moved to %s: loading it", collection.spec.describe())
+        encoder = collection.encoder(device)
+        return encoder, QueryEncoder(encoder)
+
+    @staticmethod
+    def _loaded(collection: Collection, encoder: Encoder, queries: QueryEncoder) -> _Answering:
+        vectors, generation = collection.load_vectors()
+        if encoder.device.type == "cuda" and vectors.use_gpu():
             log.info("searching %d vectors on the GPU", len(vectors))
-        return vectors, generation
+        return _Answering(collection, encoder, queries, vectors, generation)
 
-    @property
-    def vectors(self) -> VectorIndex:
-        return self._vectors
-
-    def query_vector(self, positive: Sequence[Term], negative: Sequence[Term] = ()) -> np.ndarray:
-        total = np.zeros(self.encoder.dim, dtype=np.float32)
+    def query_vector(
+        self,
+        positive: Sequence[Term],
+        negative: Sequence[Term] = (),
+        now: _Answering | None = None,
+    ) -> np.ndarray:
+        now = now or self._now
+        total = np.zeros(now.encoder.dim, dtype=np.float32)
         for sign, terms in ((1.0, positive), (-1.0, negative)):
             for term in terms:
-                total += sign * term.weight * self._embed(term)
+                total += sign * term.weight * self._embed(term, now)
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
             raise BadRequest("the query terms cancel out", code="terms_cancel")
         return total / norm
 
-    def _embed(self, term: Term) -> np.ndarray:
+    def _embed(self, term: Term, now: _Answering) -> np.ndarray:
         if isinstance(term, TextTerm):
-            return self._queries.text(term.text.strip())
+            return now.queries.text(term.text.strip())
         if isinstance(term, IdTerm):
             return self.image(term.image_id).vector
         if isinstance(term, EmbeddingTerm):
-            return self._raw_vector(term.embedding)
+            return self._raw_vector(term.embedding, now.encoder.dim)
         # An upload is untrusted: decoded in a child process whose memory and time are capped.
-        decoded = run_bounded(decode_for_model, term.image_b64, self.encoder.layout)
-        return self._queries.pixels(decoded.pixels)
+        decoded = run_bounded(decode_for_model, term.image_b64, now.encoder.layout)
+        return now.queries.pixels(decoded.pixels)
 
-    def _raw_vector(self, value: object) -> np.ndarray:
+    @staticmethod
+    def _raw_vector(value: object, dim: int) -> np.ndarray:
         """A caller's own embedding (from this collection's model), normalised like ours."""
         vector = np.asarray(value, dtype=np.float32)
-        if vector.shape != (self.encoder.dim,):
-            raise BadRequest(f"an embedding must be a list of {self.encoder.dim} numbers")
+        if vector.shape != (dim,):
+            raise BadRequest(f"an embedding must be a list of {dim} numbers")
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm < 1e-6:
             raise BadRequest("an embedding must be finite and not all zeros")
@@ -141,7 +182,9 @@ class SearchEngine:
         images the query is made of are left out of the results unless `include_query`."""
         started = time.perf_counter()
         positive, negative = request.terms()
-        vector = self.query_vector(positive, negative)
+        self.refresh()
+        now = self._now  # one model and its vectors for the whole query
+        vector = self.query_vector(positive, negative, now)
         exclude = set() if request.include_query else self._query_images([*positive, *negative])
         page = self.search(
             vector,
@@ -151,6 +194,7 @@ class SearchEngine:
             request.filters,
             exclude,
             request.collapse_cosine,
+            now,
         )
         page.took_ms = (time.perf_counter() - started) * 1000
         return page
@@ -164,15 +208,18 @@ class SearchEngine:
         filters: Filters | None = None,
         exclude: Set[int] = frozenset(),
         collapse: float | None = None,
+        now: _Answering | None = None,
     ) -> Page:
         """One page of the ranking. Pages are slices of one ranking: page 1 and page 2 of k
         together are the top 2k, also with filters, exclusions and collapsed duplicates.
         `collapse` keeps only the best of the hits whose cosine with it is at least that."""
         started = time.perf_counter()
         wanted = offset + k
-        self.refresh()
-        vectors = self._vectors
-        allowed = self._matching(filters) if filters else None
+        if now is None:
+            self.refresh()
+            now = self._now
+        vectors = now.vectors
+        allowed = self._matching(filters, now.generation) if filters else None
         fetch = wanted + len(exclude)
         while True:
             scores, ids = vectors.search(vector, fetch, allowed)
@@ -223,7 +270,7 @@ class SearchEngine:
         from search.duplicates import duplicate_groups, find_pairs
 
         self.refresh()
-        vectors, generation = self._vectors, self._generation
+        vectors, generation = self._now.vectors, self._now.generation
         with self._pairs_lock:  # one pass at a time; the requests behind it use its result
             if self._pairs is None or self._pairs[0] != generation:
                 found = find_pairs(self.collection.catalog, vectors, MIN_DUPLICATE_COSINE)
@@ -274,9 +321,9 @@ class SearchEngine:
                 kept.append(position)
         return [ranked[position] for position in kept]
 
-    def _matching(self, filters: Filters) -> Allowed:
+    def _matching(self, filters: Filters, generation: int) -> Allowed:
         """The ids a filter allows, read from the catalog once per filter and generation."""
-        key = (self._generation, repr(filters))
+        key = (generation, repr(filters))
         if (allowed := self._allowed.get(key)) is None:
             with self.collection.catalog.sessions() as session:
                 ids = session.scalars(select(ImageRecord.id).where(filters.where())).all()
