@@ -9,6 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence, Set
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import raiseload
 from search.batching import QueryEncoder
 from search.catalog import ImageRecord, StoredVector
 from search.collection import Collection
-from search.errors import BadRequest, NotFound
+from search.errors import BadRequest, NotFound, NotReady
 from search.filters import Filters, facets
 from search.imaging import decode_for_model
 from search.request import (
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PAIRS_WAIT = 2.0  # seconds a duplicates request waits for the pass before "ask again"
 # Bytes of cached filter bitmaps: 200 filters of a 10M-image catalog (1.25 MB each).
 FILTER_CACHE_BYTES = 256 * 2**20
 
@@ -81,8 +83,11 @@ class SearchEngine:
         self._now = self._loaded(collection, encoder, QueryEncoder(encoder))
         self._facets: tuple[int, dict[str, Any]] | None = None
         self._allowed = _AllowedCache()
-        self._pairs: tuple[int, Pairs] | None = None
+        # Duplicates' pairs, found on a thread of their own (see duplicates()).
+        self._pairs: tuple[int, Future[Pairs]] | None = None
         self._pairs_lock = threading.Lock()
+        self._pairs_thread = ThreadPoolExecutor(1, thread_name_prefix="clipsearch-duplicates")
+        self.pairs_wait = PAIRS_WAIT
 
     @property
     def collection(self) -> Collection:
@@ -266,17 +271,28 @@ class SearchEngine:
     def duplicates(self, threshold: float) -> list[list[Copy]]:
         """Groups of copies at `threshold`. The pass over every vector that finds the pairs
         runs once per generation, for the loosest threshold a request may ask: any threshold
-        then costs only the grouping, and no request can make the server repeat the pass."""
+        then costs only the grouping, and no request can make the server repeat the pass. It
+        runs on a thread of its own (minutes at 1M images): a request waits for it at most
+        `pairs_wait` seconds, then is told to ask again, so slow passes never hold the threads
+        that answer searches."""
         from search.duplicates import duplicate_groups, find_pairs
 
         self.refresh()
-        vectors, generation = self._now.vectors, self._now.generation
-        with self._pairs_lock:  # one pass at a time; the requests behind it use its result
-            if self._pairs is None or self._pairs[0] != generation:
-                found = find_pairs(self.collection.catalog, vectors, MIN_DUPLICATE_COSINE)
-                self._pairs = (generation, found)
-            pairs = self._pairs[1]
-        return duplicate_groups(self.collection.catalog, pairs, threshold)
+        now = self._now
+        with self._pairs_lock:
+            if self._pairs is None or self._pairs[0] != now.generation:
+                catalog, floor = now.collection.catalog, MIN_DUPLICATE_COSINE
+                job = self._pairs_thread.submit(find_pairs, catalog, now.vectors, floor)
+                self._pairs = (now.generation, job)
+            job = self._pairs[1]
+        try:
+            pairs = job.result(timeout=self.pairs_wait)
+        except TimeoutError:
+            raise NotReady(
+                f"finding the duplicates among {len(now.vectors):,} images; ask again in a few "
+                "seconds"
+            ) from None
+        return duplicate_groups(now.collection.catalog, pairs, threshold)
 
     def image(self, image_id: int) -> ImageRecord:
         record = None

@@ -20,6 +20,7 @@ CODES = (
     "terms_cancel",
     "no_image",
     "weight",
+    "not_ready",
 )
 
 
@@ -73,6 +74,13 @@ class ImageError(ClipsearchError):
     """A file or upload that cannot be used as an image."""
 
     code = "bad_image"
+
+
+class NotReady(ClipsearchError):
+    """What the answer needs is being computed: ask again shortly."""
+
+    code = "not_ready"
+    retry_seconds = 5
 
 
 class StorageError(ClipsearchError):

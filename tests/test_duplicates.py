@@ -4,9 +4,11 @@ thousands of vectors through a real IVF index, checked against every pair compar
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 
 from indexer.items import Encoded
@@ -15,6 +17,9 @@ from indexer.scan import FoundFile
 from indexer.writer import Writer
 from search.collection import Collection
 from search.duplicates import duplicate_groups, find_pairs
+from search.engine import SearchEngine
+from search.errors import NotReady
+from search.model import Encoder
 from search.spec import ModelSpec
 from search.vectors import VectorIndex
 from tests.conftest import COPIES, TINY_THRESHOLD, run_cli, serving
@@ -76,9 +81,10 @@ def planted(rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, lis
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), expected
 
 
-def store(folder: Path, vectors: np.ndarray) -> Collection:
+def store(folder: Path, vectors: np.ndarray, spec: ModelSpec | None = None) -> Collection:
     """A collection whose catalog holds exactly these vectors, written by the real writer."""
-    collection = Collection.create_or_open(folder, ModelSpec.from_args("ViT-B-32", "none"))
+    spec = spec or ModelSpec.from_args("ViT-B-32", "none")
+    collection = Collection.create_or_open(folder, spec)
     files = [FoundFile("/photos", f"{i}.jpg", 1000 + i, i) for i in range(len(vectors))]
     sources = Sources([Path("/photos")], files, [])
     with collection.catalog.sessions() as session:
@@ -111,3 +117,25 @@ def test_groups_found_through_an_ivf_equal_those_of_every_pair_compared(tmp_path
         assert all(similar[best, copy.record.id - 1] for copy in group[1:])
     linked = np.argwhere(np.triu(similar))  # every pair the planted copies and chain make
     assert len(linked) == sum(len(g) * (len(g) - 1) // 2 for g in expected[:-1]) + 2
+
+
+def test_a_server_asked_during_a_slow_pass_is_told_to_ask_again(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """The pass runs on a thread of its own; a request does not wait for it past its limit
+    (zero here), so searches keep their threads while it runs."""
+    vectors, expected = planted(np.random.default_rng(1), 20_000, encoder.dim)
+    engine = SearchEngine(store(tmp_path / "data", vectors, encoder.spec), encoder)
+    engine.pairs_wait = 0
+    with pytest.raises(NotReady, match="20,000 images; ask again"):
+        engine.duplicates(0.95)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            groups = engine.duplicates(0.95)
+            break
+        except NotReady:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    found = sorted(sorted(copy.record.id for copy in group) for group in groups)
+    assert found == sorted(sorted(group) for group in expected)

@@ -13,7 +13,14 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from search.collection import Collection, default_data_dir
 from search.engine import SearchEngine
-from search.errors import BadRequest, ClipsearchError, ImageError, NotFound, TooLarge
+from search.errors import (
+    BadRequest,
+    ClipsearchError,
+    ImageError,
+    NotFound,
+    NotReady,
+    TooLarge,
+)
 from search.request import MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,8 @@ def error_status(exc: ClipsearchError) -> int:
         return 413
     if isinstance(exc, BadRequest | ImageError):
         return 400
+    if isinstance(exc, NotReady):
+        return 202  # accepted: the work is under way
     return 404 if isinstance(exc, NotFound) else 503
 
 
@@ -73,7 +82,8 @@ def _clipsearch_error(exc: ClipsearchError) -> Any:
     status = error_status(exc)
     if status == 503:
         log.error("%s %s: %s", request.method, request.path, exc)
-    return _error_json(str(exc), exc.code, exc.fields), status
+    headers = {"Retry-After": str(exc.retry_seconds)} if isinstance(exc, NotReady) else {}
+    return _error_json(str(exc), exc.code, exc.fields), status, headers
 
 
 def _http_error(exc: HTTPException) -> Any:

@@ -236,7 +236,11 @@ def _duplicates() -> dict[str, Any]:
             "summary": "Groups of copies of one photo: the same bytes, or a cosine of at least "
             "threshold",
             "parameters": [_parameter(name, schema) for name, schema in fields.items()],
-            "responses": {"200": _json("Duplicates"), "400": _json("Error", "Bad parameter")},
+            "responses": {
+                "200": _json("Duplicates"),
+                "202": _json("Error", "Still finding them: ask again after Retry-After seconds"),
+                "400": _json("Error", "Bad parameter"),
+            },
         }
     }
 

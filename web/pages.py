@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from search.errors import ClipsearchError, NoQuery
+from search.errors import ClipsearchError, NoQuery, NotReady
 from search.request import DUPLICATE_COSINE, MIN_DUPLICATE_COSINE, DuplicatesRequest
 from web import error_status, get_engine
 from web.messages import LANGUAGES, MESSAGES, choose_language, translator
@@ -59,6 +59,7 @@ def duplicates() -> Any:
         error, status = str(exc), error_status(exc)
     html = render_template(
         "duplicates.html",
+        retry_seconds=NotReady.retry_seconds if status == 202 else None,
         lang=lang,
         t=translator(lang),
         wanted=wanted,
