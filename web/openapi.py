@@ -76,15 +76,7 @@ class Stats(BaseModel):
     index: IndexInfo
 
 
-class Copy(BaseModel):
-    id: int
-    path: str = Field(description="Relative to its indexed folder.")
-    url: str
-    thumbnail_url: str
-    width: int
-    height: int
-    size: int
-    taken_at: str = Field(description="EXIF capture time, else file time (ISO 8601).")
+class Copy(ImageInfo):
     score: float = Field(description="Cosine similarity with the group's first image.")
     same_file: bool = Field(description="Byte for byte the group's first image.")
 

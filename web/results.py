@@ -54,18 +54,8 @@ def duplicates_json(groups: list[list[Copy]], request: DuplicatesRequest) -> dic
 
 
 def copy_json(copy: Copy) -> dict[str, Any]:
-    record = copy.record
-    return {
-        "id": record.id,
-        "path": record.path,
-        **links(record.id),
-        "width": record.width,
-        "height": record.height,
-        "size": record.size,
-        "taken_at": record.taken_at.isoformat(),
-        "score": round(min(copy.score, 1.0), 6),
-        "same_file": copy.same_file,
-    }
+    score = round(min(copy.score, 1.0), 6)
+    return {**image_json(copy.record), "score": score, "same_file": copy.same_file}
 
 
 def image_json(record: ImageRecord) -> dict[str, Any]:
