@@ -269,10 +269,13 @@ class Catalog:
         return generation, *_unpacked(rows)
 
     @staticmethod
-    def vector_chunks(session: Session, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every (ids, vectors) in id order, `size` rows at a time: the collection streamed
-        through memory by a keyset scan, within the session's one read transaction."""
-        last = 0
+    def vector_chunks(
+        session: Session, size: int, after: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (ids, vectors) of ids above `after` in id order, `size` rows at a time: the
+        collection streamed through memory by a keyset scan, within the session's one read
+        transaction."""
+        last = after
         while True:
             rows = session.execute(
                 select(StoredVector.id, StoredVector.data)

@@ -52,16 +52,30 @@ class Pairs:
 def find_pairs(catalog: Catalog, vectors: VectorIndex, floor: float) -> Pairs:
     """Each image's neighbours at `floor` or above, and every two files of the same bytes."""
     parts = []
+    for ids, chunk in _chunks(catalog):
+        scores, found = vectors.neighbours(chunk, NEIGHBOURS + 1, PROBES)
+        close = (scores >= floor) & (found >= 0) & (found != ids[:, np.newaxis])
+        rows, columns = np.nonzero(close)
+        parts.append((ids[rows], found[rows, columns], scores[rows, columns]))
     with catalog.sessions() as session:
-        for ids, chunk in Catalog.vector_chunks(session, CHUNK):
-            scores, found = vectors.neighbours(chunk, NEIGHBOURS + 1, PROBES)
-            close = (scores >= floor) & (found >= 0) & (found != ids[:, np.newaxis])
-            rows, columns = np.nonzero(close)
-            parts.append((ids[rows], found[rows, columns], scores[rows, columns]))
         first, second = _same_bytes(session)
     parts.append((first, second, np.ones(len(first), np.float32)))
     joined = [np.concatenate(column) for column in zip(*parts, strict=True)]
     return Pairs(*joined, floor=floor)
+
+
+def _chunks(catalog: Catalog) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The vectors CHUNK at a time, each chunk read in a short transaction of its own: one read
+    transaction held through a pass of minutes would keep SQLite from checkpointing its WAL
+    while an indexer writes."""
+    last = 0
+    while True:
+        with catalog.sessions() as session:
+            chunk = next(Catalog.vector_chunks(session, CHUNK, after=last), None)
+        if chunk is None:
+            return
+        yield chunk
+        last = int(chunk[0][-1])
 
 
 def duplicate_groups(catalog: Catalog, pairs: Pairs, threshold: float) -> list[list[Copy]]:
