@@ -116,9 +116,12 @@ class SearchEngine:
         if generation == now.generation or not self._lock.acquire(blocking=False):
             return
         try:
-            if now.collection.next_spec() is None and (
-                now.collection.vectors_path(generation).exists()
-                or not now.collection.writer_active()
+            collection = now.collection
+            if collection.next_spec() is None and (
+                collection.vectors_path(generation).exists()
+                or not collection.writer_active()
+                # A new model's vectors are in the catalog: the old index cannot stay.
+                or not collection.current_spec().same_model(collection.spec)
             ):
                 self._now = self._following(now)
         finally:
@@ -164,12 +167,18 @@ class SearchEngine:
         if isinstance(term, TextTerm):
             return now.queries.text(term.text.strip())
         if isinstance(term, IdTerm):
-            return self.image(term.image_id).vector
+            return self._stored_vector(term.image_id, now.encoder.dim)
         if isinstance(term, EmbeddingTerm):
             return self._raw_vector(term.embedding, now.encoder.dim)
         # An upload is untrusted: decoded in a child process whose memory and time are capped.
         decoded = run_bounded(decode_for_model, term.image_b64, now.encoder.layout)
         return now.queries.pixels(decoded.pixels)
+
+    def _stored_vector(self, image_id: int, dim: int) -> np.ndarray:
+        vector = self.image(image_id).vector
+        if len(vector) != dim:  # the moment between a change of model and its manifest
+            raise NotReady("the collection is changing model; ask again in a few seconds")
+        return vector
 
     @staticmethod
     def _raw_vector(value: object, dim: int) -> np.ndarray:
