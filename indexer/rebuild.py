@@ -68,6 +68,7 @@ def _embed(
 ) -> None:
     from search.model import Encoder
 
+    spec.verify_files()  # a checkpoint that changed since it was named says so first
     encoder = Encoder(spec, device)
     batches = load_batches(
         list(todo), encoder.layout, KnownContent([]), batch_size, default_workers(), max_pixels
