@@ -92,10 +92,7 @@ class Collection:
             if pending is not None and not pending.same_model(spec):
                 session.execute(text("DROP TABLE IF EXISTS next_embeddings"))
             session.execute(text(NEXT_EMBEDDINGS))
-        _write_json_atomic(
-            self.root / NEXT_MANIFEST,
-            {"schema_version": SCHEMA_VERSION, "model": spec.to_json()},
-        )
+        _save_manifest(self.root, spec, NEXT_MANIFEST)
 
     def switch_model(self) -> None:
         with self.catalog.transaction() as session:
@@ -338,10 +335,8 @@ def _newer(data_dir: Path, version: int) -> str:
     )
 
 
-def _save_manifest(data_dir: Path, spec: ModelSpec) -> None:
-    _write_json_atomic(
-        data_dir / MANIFEST, {"schema_version": SCHEMA_VERSION, "model": spec.to_json()}
-    )
+def _save_manifest(data_dir: Path, spec: ModelSpec, name: str = MANIFEST) -> None:
+    _write_json_atomic(data_dir / name, {"schema_version": SCHEMA_VERSION, "model": spec.to_json()})
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

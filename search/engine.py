@@ -117,19 +117,20 @@ class SearchEngine:
             return
         try:
             collection = now.collection
+            # A new model's vectors are in the catalog: the old index cannot stay.
+            moved = not collection.current_spec().same_model(collection.spec)
             if collection.next_spec() is None and (
-                collection.vectors_path(generation).exists()
+                moved
+                or collection.vectors_path(generation).exists()
                 or not collection.writer_active()
-                # A new model's vectors are in the catalog: the old index cannot stay.
-                or not collection.current_spec().same_model(collection.spec)
             ):
-                self._now = self._following(now)
+                self._now = self._following(now, moved)
         finally:
             self._lock.release()
 
-    def _following(self, now: _Answering) -> _Answering:
+    def _following(self, now: _Answering, moved: bool) -> _Answering:
         collection, encoder, queries = now.collection, now.encoder, now.queries
-        if not collection.current_spec().same_model(collection.spec):
+        if moved:
             collection = Collection.open(collection.root)
             encoder, queries = self._new_model(collection, encoder.device.type)
         return self._loaded(collection, encoder, queries)
