@@ -246,6 +246,7 @@ def index(
 @click.option("--ext", help="Only these extensions, comma-separated.")
 @click.option("--date-from", help="ISO date, inclusive.")
 @click.option("--date-to", help="ISO date, inclusive.")
+@click.option("--tag", help="Only images with these tags, comma-separated (see: clipsearch tags).")
 @click.option("--attr", multiple=True, metavar="NAME=VALUE", help="Catalog attribute filter.")
 @click.option("--include-query", is_flag=True, help="Keep the query's own images in the results.")
 @click.option(
@@ -426,6 +427,40 @@ def _pixels(record: ImageRecord) -> str:
     return f"{record.width}x{record.height}"
 
 
+@cli.command()
+@click.option(
+    "--vocabulary",
+    metavar="FILE|default",
+    help="Tag with the words of FILE (one per line, any language the model reads) or with the "
+    "list clipsearch ships; every image is tagged again from its stored vector, none re-read.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the tags and counts as JSON.")
+@_common
+def tags(vocabulary: str | None, as_json: bool, data_dir: Path, device: str) -> None:
+    """The zero-shot tags of the collection's images, the most common first, with how many
+    images have each; --vocabulary changes the words."""
+    from search.filters import tag_counts
+    from search.tags import Vocabulary
+
+    collection = Collection.open(data_dir)
+    if vocabulary is not None:
+        from indexer.tagging import retag
+
+        default = vocabulary == "default"
+        chosen = Vocabulary.default() if default else Vocabulary.read(Path(vocabulary))
+        done = retag(collection, chosen, lambda: collection.encoder(device))
+        log.info("tagged %d images with a vocabulary of %d tags", done, len(chosen.names))
+    with collection.catalog.sessions() as session:
+        counts = tag_counts(session)
+    if as_json:
+        click.echo(json.dumps(counts, indent=2))
+        return
+    for tag in counts:
+        click.echo(f"{tag['count']:>8}  {tag['name']}")
+    if untagged := collection.catalog.counts()["untagged"]:
+        click.echo(f"{untagged} images are not tagged yet: run 'clipsearch index'", err=True)
+
+
 @cli.command("eval")
 @click.option(
     "--images",
@@ -565,6 +600,9 @@ def stats(as_json: bool, data_dir: Path, device: str) -> None:
     click.echo(f"languages   {'many (multilingual)' if data['multilingual'] else 'English'}")
     click.echo(f"images      {data['images']}")
     click.echo(f"index       {data['index']['type']}, {data['index']['vectors']} vectors")
+    tags = data["tags"]
+    whose = "the default vocabulary" if tags["default"] else "your vocabulary"
+    click.echo(f"tags        {tags['vocabulary']} ({whose}), {tags['untagged']} images untagged")
     click.echo(f"failed      {data['failed']}")
     for failure in data["failures"]:
         click.echo(f"  {Path(failure['root'], failure['path'])}: {failure['reason']}")

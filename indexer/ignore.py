@@ -9,7 +9,6 @@ ignored folder comes back, because the scan never enters it (git's rule too).
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from pathspec import GitIgnoreSpec
 
 from search.errors import ClipsearchError
+from search.storage import read_small_text
 
 IGNORE_FILE = ".clipsearchignore"
 MAX_IGNORE_BYTES = 1 << 20
@@ -46,7 +46,7 @@ class IgnoreRules:
         without it would take in exactly what someone asked to keep out."""
         path = folder / IGNORE_FILE
         try:
-            lines = _read(path)
+            lines = read_small_text(path, MAX_IGNORE_BYTES).splitlines()
         except FileNotFoundError:
             return chain
         except (OSError, UnicodeDecodeError) as exc:
@@ -68,17 +68,6 @@ class IgnoreRules:
 
     def to_json(self) -> dict[str, Any]:
         return {"exclude": self.excludes, "ignore_files": self.files}
-
-
-def _read(path: Path) -> list[str]:
-    """The file's lines; a FIFO or device by that name would block the run, a huge file fill
-    its memory."""
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(0, "not a regular file")
-    if info.st_size > MAX_IGNORE_BYTES:
-        raise OSError(0, f"larger than {MAX_IGNORE_BYTES:,} bytes")
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 def _spec(lines: Sequence[str], origin: str) -> GitIgnoreSpec:

@@ -19,6 +19,7 @@ from indexer.ignore import IgnoreRules
 from indexer.items import Result
 from indexer.plan import Sources, make_plan
 from indexer.scan import FoundFile, Unreadable, scan
+from indexer.tagging import Tagger
 from indexer.writer import Summary, Writer
 from search.catalog import ImageRecord
 from search.collection import Collection
@@ -129,6 +130,7 @@ class Indexer:
                 self._encode(plan.todo, writer)
             writer.record_unreadable(sources.unreadable)
             writer.remove_missing(sources.present)
+            writer.tag(Tagger(self.collection, lambda: self.encoder))
         summary = writer.summary
         summary.scanned = len(sources.files) + len(sources.unreadable) + len(sources.held)
         summary.held = len(sources.held)

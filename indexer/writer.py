@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from indexer.items import Encoded, Failed, Result, Seen
 from indexer.plan import Key, Known, Plan, Sources
 from indexer.scan import FoundFile, Unreadable
+from indexer.tagging import Tagger
 from search.catalog import Failure, ImageRecord, StoredVector
 from search.collection import Collection
 from search.errors import StorageError
@@ -33,6 +34,7 @@ class Summary:
     removed: int = 0
     failed: int = 0
     held: int = 0  # still being written: left for a later run
+    tagged: int = 0  # images whose tags were (re)computed
     seconds: float = 0.0
     model_seconds: float = 0.0  # of `seconds`, loading the model (once a file needed it)
 
@@ -149,6 +151,7 @@ class Writer:
             "taken_at": item.taken_at or _file_time(file),
             "attributes": self.attributes.get(key, {}),
             "indexed_at": datetime.now(),
+            "tagged": False,  # a new vector: its tags are due
         }
         if key in self.plan.failures:
             session.execute(
@@ -269,6 +272,12 @@ class Writer:
             self._bump_if_changed(session, gone)
         self.vectors.remove(gone)
         self.summary.removed = len(gone)
+
+    def tag(self, tagger: Tagger) -> None:
+        """Tag what the run added or changed, and what a new vocabulary left untagged. Tags
+        move the generation, not the vectors: the index is saved under the last generation."""
+        self.summary.tagged = tagger.catch_up()
+        self.generation = self.catalog.generation()
 
     def _bump_if_changed(self, session: Session, dropped: list[int]) -> None:
         """A new generation only when the set of vectors changed: a run that changes nothing

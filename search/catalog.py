@@ -59,12 +59,19 @@ class Root(Base):
     ignore_rules: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
+# The images whose tags are due, as ix_images_untagged says it, so that SQLite reads that index.
+UNTAGGED = text("tagged = 0")
+
+
 class ImageRecord(Base):
     __tablename__ = "images"
     __table_args__ = (
         UniqueConstraint("root_id", "path"),
         Index("ix_images_sha256", "sha256"),
         Index("ix_images_taken_at", "taken_at"),
+        # The images whose tags are due (indexer/tagging.py): a run that added ten images to a
+        # million finds them without reading the table.
+        Index("ix_images_untagged", "id", sqlite_where=UNTAGGED),
         # AUTOINCREMENT: an id is never handed out twice, so a stale link never shows
         # another image.
         {"sqlite_autoincrement": True},
@@ -82,10 +89,15 @@ class ImageRecord(Base):
     taken_at: Mapped[datetime]  # EXIF capture time, else file time
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     indexed_at: Mapped[datetime] = mapped_column(default=datetime.now)
+    # Whether `tags` were computed from the current vector and vocabulary.
+    tagged: Mapped[bool] = mapped_column(default=False, server_default="0")
 
     root: Mapped[Root] = relationship(lazy="joined")
-    # The database deletes it with its image (ON DELETE CASCADE), also on bulk deletes.
+    # The database deletes these with their image (ON DELETE CASCADE), also on bulk deletes.
     stored: Mapped[StoredVector] = relationship(lazy="joined", passive_deletes=True)
+    tags: Mapped[list[ImageTag]] = relationship(
+        lazy="selectin", passive_deletes=True, order_by="ImageTag.score.desc()"
+    )
 
     @property
     def vector(self) -> np.ndarray:
@@ -108,6 +120,42 @@ class StoredVector(Base):
     @property
     def vector(self) -> np.ndarray:
         return np.frombuffer(self.data, dtype=np.float32)
+
+
+class Tag(Base):
+    """A word of the collection's tag vocabulary; ids follow the vocabulary's order."""
+
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+
+
+class ImageTag(Base):
+    """A tag an image clears the margin for, with the model's probability (search/tags.py)."""
+
+    __tablename__ = "image_tags"
+    __table_args__ = (Index("ix_image_tags_tag", "tag_id"),)
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True)
+    score: Mapped[float]
+
+    tag: Mapped[Tag] = relationship(lazy="joined")
+
+
+class TagPrompts(Base):
+    """A vocabulary as one model embedded it (search/tags.Prompts), so that each vocabulary is
+    embedded once per model and tagging new images needs no text model."""
+
+    __tablename__ = "tag_prompts"
+
+    model: Mapped[str] = mapped_column(primary_key=True)  # ModelSpec.identity
+    vocabulary: Mapped[str] = mapped_column(primary_key=True)  # Vocabulary.digest
+    scale: Mapped[float]
+    vectors: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Failure(Base):
@@ -142,6 +190,7 @@ NEXT_EMBEDDINGS = (
     "CREATE TABLE IF NOT EXISTS next_embeddings (id INTEGER NOT NULL, vector BLOB NOT NULL, "
     "PRIMARY KEY (id), FOREIGN KEY(id) REFERENCES images (id) ON DELETE CASCADE)"
 )
+VOCABULARY = "tag_vocabulary"  # set once the tags table holds the vocabulary in force
 SCHEMA = "schema_version"  # absent in the schema-1 catalogs written before migrations existed
 
 
@@ -246,6 +295,7 @@ class Catalog:
             "DELETE FROM images WHERE id NOT IN (SELECT id FROM next_embeddings)",
             "DROP TABLE embeddings",
             "ALTER TABLE next_embeddings RENAME TO embeddings",
+            "UPDATE images SET tagged = 0",  # the old tags stay shown until the new model's come
         ):
             session.execute(text(statement))
         session.merge(Meta(key=SWITCHED, value=1))
@@ -266,7 +316,7 @@ class Catalog:
         with self._within(session) as session:
             generation = self.generation(session)
             rows = session.execute(select(StoredVector.id, StoredVector.data)).all()
-        return generation, *_unpacked(rows)
+        return generation, *unpacked(rows)
 
     @staticmethod
     def vector_chunks(
@@ -286,7 +336,7 @@ class Catalog:
             if not rows:
                 return
             last = rows[-1].id
-            yield _unpacked(rows)
+            yield unpacked(rows)
 
     @staticmethod
     def sample_vectors(session: Session, count: int, seed: int = 0) -> np.ndarray:
@@ -294,7 +344,7 @@ class Catalog:
         top = session.scalar(select(func.max(StoredVector.id))) or 0
         wanted = np.random.default_rng(seed).permutation(top)[:count] + 1
         parts = [
-            _unpacked(
+            unpacked(
                 session.execute(
                     select(StoredVector.id, StoredVector.data).where(
                         StoredVector.id.in_(wanted[start : start + 10_000].tolist())
@@ -311,10 +361,17 @@ class Catalog:
                 "images": session.scalar(select(func.count(ImageRecord.id))) or 0,
                 "failed": session.scalar(select(func.count(Failure.id))) or 0,
                 "roots": session.scalar(select(func.count(Root.id))) or 0,
+                "untagged": session.scalar(select(func.count(ImageRecord.id)).where(UNTAGGED)) or 0,
             }
 
+    @staticmethod
+    def tag_names(session: Session) -> tuple[str, ...]:
+        """The tag vocabulary in force, in its order."""
+        return tuple(session.scalars(select(Tag.name).order_by(Tag.id)))
 
-def _unpacked(rows: Sequence[Row[tuple[int, bytes]]]) -> tuple[np.ndarray, np.ndarray]:
+
+def unpacked(rows: Sequence[Row[tuple[int, bytes]]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of rows of (id, data) read from the embeddings table."""
     ids = np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows))
     vectors = np.frombuffer(b"".join(row.data for row in rows), dtype=np.float32)
     return ids, vectors.reshape(len(rows), -1) if rows else vectors

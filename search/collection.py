@@ -20,6 +20,7 @@ from search.halfvectors import HALF_VECTORS, HalfVectors
 from search.migrations import SCHEMA_VERSION
 from search.spec import ModelSpec
 from search.storage import writing
+from search.tags import Vocabulary
 from search.vectors import (
     COMPRESSED_TRAINING_PER_LIST,
     VectorIndex,
@@ -189,6 +190,7 @@ class Collection:
                 {"path": root.path, **root.ignore_rules}
                 for root in session.scalars(select(Root).order_by(Root.path))
             ]
+            vocabulary = Vocabulary(Catalog.tag_names(session))
         return {
             "images": counts["images"],
             "failed": counts["failed"],
@@ -198,6 +200,11 @@ class Collection:
             "index": index,
             "failures": failures,
             "roots": roots,
+            "tags": {
+                "vocabulary": len(vocabulary.names),
+                "default": vocabulary == Vocabulary.default(),
+                "untagged": counts["untagged"],
+            },
         }
 
     def encoder(self, device: str = "auto") -> Encoder:

@@ -14,13 +14,13 @@ from sqlalchemy import Float, String, and_, cast, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from search.catalog import ImageRecord
+from search.catalog import ImageRecord, ImageTag, Tag
 from search.errors import BadRequest
 
 _ATTR = re.compile(r"^attr_(?P<name>[A-Za-z0-9_.-]+?)(?:_(?P<bound>min|max))?$")
 _ATTR_KEY = "^attr_[A-Za-z0-9_.-]+$"  # _ATTR, as JSON Schema (ECMA regex) says it
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-FILTER_KEYS = ("folder", "ext", "date_from", "date_to")
+FILTER_KEYS = ("folder", "ext", "date_from", "date_to", "tag")
 MAX_FILTER_CHARS = 1000
 
 
@@ -30,6 +30,7 @@ class Filters:
     ext: tuple[str, ...] = ()
     date_from: date | None = None
     date_to: date | None = None
+    tags: tuple[str, ...] = ()  # all of them
     attr_equals: dict[str, str] = field(default_factory=dict)
     attr_min: dict[str, float] = field(default_factory=dict)
     attr_max: dict[str, float] = field(default_factory=dict)
@@ -41,6 +42,7 @@ class Filters:
                 self.ext,
                 self.date_from,
                 self.date_to,
+                self.tags,
                 self.attr_equals,
                 self.attr_min,
                 self.attr_max,
@@ -61,11 +63,7 @@ class Filters:
             folder = folder.strip("/")
             if any(part in ("..", ".") for part in folder.split("/")):
                 raise BadRequest("folder: give a path relative to the indexed folder")
-        ext = tuple(
-            e.strip().lower().lstrip(".")
-            for e in (_text(values, "ext") or "").split(",")
-            if e.strip()
-        )
+        ext = tuple(e.lower().lstrip(".") for e in _listed(values, "ext"))
         equals: dict[str, str] = {}
         lows: dict[str, float] = {}
         highs: dict[str, float] = {}
@@ -83,6 +81,7 @@ class Filters:
             ext,
             _date(values, "date_from"),
             _date(values, "date_to"),
+            _listed(values, "tag"),
             equals,
             lows,
             highs,
@@ -103,6 +102,9 @@ class Filters:
         if self.date_to:
             end = datetime.combine(self.date_to + timedelta(days=1), time.min)
             conditions.append(ImageRecord.taken_at < end)
+        for name in self.tags:
+            tagged = select(ImageTag.image_id).join(Tag).where(Tag.name == name)
+            conditions.append(ImageRecord.id.in_(tagged))
         for name, value in self.attr_equals.items():
             conditions.append(cast(_attribute(name), String) == value)
         for name, value in self.attr_min.items():
@@ -127,6 +129,7 @@ def filters_schema() -> dict[str, Any]:
             "ext": {**text, "description": "Extensions, comma-separated: jpg,png."},
             "date_from": {**day, "description": "Inclusive; empty: no limit."},
             "date_to": {**day, "description": "Inclusive; empty: no limit."},
+            "tag": {**text, "description": "Tags, comma-separated: images with all of them."},
         },
         "patternProperties": {
             _ATTR_KEY: {
@@ -153,6 +156,11 @@ def _text(values: Mapping[str, Any], key: str) -> str | None:
     if len(value) > MAX_FILTER_CHARS:
         raise BadRequest(f"{key}: at most {MAX_FILTER_CHARS} characters")
     return value
+
+
+def _listed(values: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """A comma-separated list: `ext=jpg,png`, `tag=beach,dog`."""
+    return tuple(part.strip() for part in (_text(values, key) or "").split(",") if part.strip())
 
 
 def _equality_value(key: str, value: Any) -> str:
@@ -190,8 +198,9 @@ FACET_VALUES = 50  # an attribute with more distinct values is free text (a titl
 
 
 def facets(session: Session) -> dict[str, Any]:
-    """What the filters can choose from: top-level folders, extensions, the date range, and
-    each catalog attribute as a list of values or a numeric range."""
+    """What the filters can choose from: top-level folders, extensions, the date range, the
+    tags with how many images have each, and each catalog attribute as a list of values or a
+    numeric range."""
     first = func.substr(ImageRecord.path, 1, func.instr(ImageRecord.path, "/") - 1)
     folders = session.scalars(
         select(first).where(func.instr(ImageRecord.path, "/") > 0).distinct().order_by(first)
@@ -222,8 +231,18 @@ def facets(session: Session) -> dict[str, Any]:
         "extensions": list(extensions),
         "date_from": oldest.date().isoformat() if oldest else None,
         "date_to": newest.date().isoformat() if newest else None,
+        "tags": tag_counts(session),
         "attributes": attributes,
     }
+
+
+def tag_counts(session: Session) -> list[dict[str, Any]]:
+    """Every tag some image has, the most common first."""
+    count = func.count(ImageTag.image_id)
+    rows = session.execute(
+        select(Tag.name, count).join(ImageTag).group_by(Tag.id).order_by(count.desc(), Tag.name)
+    )
+    return [{"name": name, "count": number} for name, number in rows]
 
 
 def _number(value: Any) -> float | None:

@@ -32,9 +32,28 @@ def _root_ignore_rules(connection: Connection) -> None:
     connection.execute(text("ALTER TABLE roots ADD COLUMN ignore_rules JSON NOT NULL DEFAULT '{}'"))
 
 
+def _tags(connection: Connection) -> None:
+    """Schema 4: zero-shot tags. Every image starts untagged; the next run tags it from its
+    stored vector, with no image read again."""
+    for statement in (
+        "ALTER TABLE images ADD COLUMN tagged BOOLEAN DEFAULT '0' NOT NULL",
+        "CREATE INDEX ix_images_untagged ON images (id) WHERE tagged = 0",
+        "CREATE TABLE tags (id INTEGER NOT NULL, name VARCHAR NOT NULL, PRIMARY KEY (id), "
+        "UNIQUE (name))",
+        "CREATE TABLE image_tags (image_id INTEGER NOT NULL, tag_id INTEGER NOT NULL, "
+        "score DOUBLE NOT NULL, PRIMARY KEY (image_id, tag_id), "
+        "FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE CASCADE, "
+        "FOREIGN KEY(tag_id) REFERENCES tags (id) ON DELETE CASCADE)",
+        "CREATE INDEX ix_image_tags_tag ON image_tags (tag_id)",
+        "CREATE TABLE tag_prompts (model VARCHAR NOT NULL, vocabulary VARCHAR NOT NULL, "
+        "scale DOUBLE NOT NULL, vectors BLOB NOT NULL, PRIMARY KEY (model, vocabulary))",
+    ):
+        connection.execute(text(statement))
+
+
 # STEPS[n] upgrades a catalog of schema n + 1 to schema n + 2; the release before migrations
 # existed wrote schema 1 and no version row.
-STEPS: tuple[Callable[[Connection], None], ...] = (_embeddings_apart, _root_ignore_rules)
+STEPS: tuple[Callable[[Connection], None], ...] = (_embeddings_apart, _root_ignore_rules, _tags)
 SCHEMA_VERSION = len(STEPS) + 1
 
 

@@ -219,6 +219,11 @@ class Encoder:
         self._shift = -torch.tensor(mean, device=self.device).view(1, 3, 1, 1) / std
         log.info("model %s on %s (%s)", spec.describe(), self.device, self.dtype)
 
+    @property
+    def logit_scale(self) -> float:
+        """The temperature the model was trained with: its cosines times this are logits."""
+        return float(self.model.logit_scale.detach().exp())
+
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """Encode (N, H, W, 3) uint8 images laid out by `model_input`, as decode workers hand

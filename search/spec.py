@@ -128,14 +128,20 @@ class ModelSpec:
     def same_model(self, other: ModelSpec) -> bool:
         """Same weights, architecture and tokenizer; a checkpoint or a text-model folder may
         move, their content may not change."""
-        return (
-            self.architecture == other.architecture
-            and self.pretrained == other.pretrained
-            and self.config == other.config
-            and self.checkpoint_sha256 == other.checkpoint_sha256
-            and self.text_model_sha256 == other.text_model_sha256
-            and self.embed_dim == other.embed_dim
-        )
+        return self.identity == other.identity
+
+    @property
+    def identity(self) -> str:
+        """What `same_model` compares, as one digest: the key of what a model computed once."""
+        fields = [
+            self.architecture,
+            self.pretrained,
+            self.config,
+            self.checkpoint_sha256,
+            self.text_model_sha256,
+            self.embed_dim,
+        ]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     @property
     def multilingual(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +30,15 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc).strip().split("\n")[0] or type(exc).__name__
+
+
+def read_small_text(path: Path, limit: int) -> str:
+    """A small UTF-8 file a user writes (an ignore file, a tag vocabulary). A FIFO or device by
+    that name would block the reader, a huge file fill its memory: both are refused as OSError,
+    like a file that cannot be read."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(0, "not a regular file")
+    if info.st_size > limit:
+        raise OSError(0, f"larger than {limit:,} bytes")
+    return path.read_text(encoding="utf-8")

@@ -48,6 +48,7 @@ def test_search_get_has_the_spec_shape(server: str) -> None:
         "width",
         "height",
         "attributes",
+        "tags",
     }
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests import multilingual
 from tests.conftest import SAMPLES, TINY_THRESHOLD, copy_samples, run_cli, serving
@@ -120,6 +121,21 @@ def test_filters_narrow_the_results(page: Page) -> None:
         page, "[...document.querySelectorAll('#results img')].every(i => i.alt.endsWith('.png'))"
     )
     assert page.locator("#results img").count() == 4
+
+
+def test_a_tag_on_a_result_narrows_the_results_to_it(page: Page, server: str) -> None:
+    page.goto("/?q=sky")
+    chip = page.locator("#results .tag").first
+    chip.wait_for()
+    name = chip.inner_text()
+    facets = requests.get(f"{server}/api/facets", timeout=30).json()["tags"]
+    count = next(tag["count"] for tag in facets if tag["name"] == name)
+    chip.click()
+    expect(page).to_have_url(re.compile(r"[?&]tag="))
+    expect(page.locator("select[name=tag]")).to_have_value(name)
+    every = "[...document.querySelectorAll('#results li')]"
+    has_tag = f"[...li.querySelectorAll('.tag')].some(t => t.textContent === {name!r})"
+    wait_until(page, f"{every}.length === {count} && {every}.every(li => {has_tag})")
 
 
 def test_query_text_is_never_markup(page: Page) -> None:

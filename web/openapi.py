@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from search.errors import CODES
 from search.filters import filters_schema
 from search.request import FLAT_FIELDS, MAX_IMAGE_ID, DuplicatesRequest, SearchRequest
+from search.tags import MIN_TAG_PROBABILITY
 
 REF = "#/components/schemas/{model}"
 
@@ -28,6 +29,14 @@ class Error(BaseModel):
     fields: dict[str, Any] = Field(description="The values the message was made from.")
 
 
+class TagScore(BaseModel):
+    name: str
+    score: float = Field(
+        description="The model's probability that the tag describes the image better than no "
+        f"tag does; tags below {MIN_TAG_PROBABILITY} are not kept."
+    )
+
+
 class Result(BaseModel):
     id: int
     path: str = Field(description="Relative to its indexed folder.")
@@ -37,6 +46,7 @@ class Result(BaseModel):
     width: int
     height: int
     attributes: dict[str, Any]
+    tags: list[TagScore] = Field(description="Zero-shot tags, the most probable first.")
 
 
 class Results(BaseModel):
@@ -60,11 +70,18 @@ class ImageInfo(BaseModel):
     taken_at: str = Field(description="EXIF capture time, else file time (ISO 8601).")
     sha256: str
     attributes: dict[str, Any]
+    tags: list[TagScore] = Field(description="Zero-shot tags, the most probable first.")
 
 
 class IndexInfo(BaseModel):
     type: str
     vectors: int
+
+
+class TagsInfo(BaseModel):
+    vocabulary: int = Field(description="Tags in the vocabulary in force.")
+    default: bool = Field(description="Whether it is the vocabulary clipsearch ships.")
+    untagged: int = Field(description="Images whose tags are still to be computed.")
 
 
 class Stats(BaseModel):
@@ -74,6 +91,7 @@ class Stats(BaseModel):
     multilingual: bool = Field(description="whether the model's text side knows many languages")
     embed_dim: int
     index: IndexInfo
+    tags: TagsInfo
 
 
 class Copy(ImageInfo):
@@ -102,11 +120,17 @@ class NumberRange(BaseModel):
     max: float
 
 
+class TagCount(BaseModel):
+    name: str
+    count: int = Field(description="Images with this tag.")
+
+
 class Facets(BaseModel):
     folders: list[str]
     extensions: list[str]
     date_from: str | None
     date_to: str | None
+    tags: list[TagCount] = Field(description="The most common first.")
     attributes: dict[str, ValueChoices | NumberRange]
 
 

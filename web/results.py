@@ -27,7 +27,13 @@ def hit_json(hit: Hit) -> dict[str, Any]:
         "width": record.width,
         "height": record.height,
         "attributes": record.attributes or {},
+        "tags": tags_json(record),
     }
+
+
+def tags_json(record: ImageRecord) -> list[dict[str, Any]]:
+    """The image's zero-shot tags, the most probable first (search/tags.py)."""
+    return [{"name": tag.tag.name, "score": round(tag.score, 4)} for tag in record.tags]
 
 
 def page_json(page: Page, model: str) -> dict[str, Any]:
@@ -70,4 +76,5 @@ def image_json(record: ImageRecord) -> dict[str, Any]:
         "taken_at": record.taken_at.isoformat(),
         "sha256": record.sha256,
         "attributes": record.attributes or {},
+        "tags": tags_json(record),
     }

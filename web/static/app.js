@@ -43,7 +43,7 @@ function restoreFromUrl() {
     if (field.type === "checkbox") field.checked = params.has(field.name);
     else field.value = params.get(field.name) || "";
   }
-  if (params.get("folder") || params.get("ext") || params.get("date_from") || params.get("date_to")) {
+  if (["folder", "ext", "tag", "date_from", "date_to"].some((key) => params.get(key))) {
     $("filters").open = true;
   }
 }
@@ -210,8 +210,34 @@ function card(hit, index) {
     moreLike(hit.id);
   });
   footer.append(score, similar);
-  item.append(footer);
+  item.append(tagList(hit), footer);
   return item;
+}
+
+function tagList(hit) {
+  const list = document.createElement("div");
+  list.className = "tags";
+  for (const tag of hit.tags || []) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "tag";
+    button.textContent = tag.name;
+    button.title = t("tag_score", { score: tag.score.toFixed(2) });
+    button.addEventListener("click", () => browseTag(tag.name));
+    list.append(button);
+  }
+  return list;
+}
+
+// Narrow the results to the tag; with no query yet, the tag's own words rank its images.
+function browseTag(name) {
+  if (lightbox.open) lightbox.close();
+  const select = form.elements.tag;
+  if (![...select.options].some((option) => option.value === name)) select.append(new Option(name, name));
+  select.value = name;
+  if (!hasQuery()) box.value = name;
+  $("filters").open = true;
+  search({ push: true });
 }
 
 function moreLike(id) {
@@ -248,6 +274,7 @@ async function openLightbox(index) {
   } catch {
     // the metadata is a bonus; the image and the search result are shown regardless
   }
+  if (hit.tags && hit.tags.length) rows.push([t("tag"), hit.tags.map((tag) => tag.name).join(", ")]);
   for (const [key, value] of Object.entries(hit.attributes || {})) rows.push([key, value]);
   for (const [key, value] of rows) {
     const term = document.createElement("dt");
@@ -304,6 +331,11 @@ async function loadFacets() {
   }
   const params = new URLSearchParams(location.search);
   ext.value = params.get("ext") || "";
+  const tag = form.elements.tag;
+  for (const { name, count } of facets.tags) tag.append(new Option(`${name} (${count})`, name));
+  const wanted = params.get("tag") || "";
+  if (wanted && ![...tag.options].some((option) => option.value === wanted)) tag.append(new Option(wanted, wanted));
+  tag.value = wanted;
   const holder = $("attributes");
   for (const [name, facet] of Object.entries(facets.attributes)) {
     if (facet.values) {
