@@ -60,10 +60,10 @@ class Tagger:
         that never chose a vocabulary takes the default one first."""
         with self.catalog.sessions() as session:
             chosen = session.get(Meta, VOCABULARY) is not None
-        if not chosen:
-            self.use(Vocabulary.default())
-        with self.catalog.sessions() as session:
             vocabulary = _vocabulary(session)
+        if not chosen:
+            vocabulary = Vocabulary.default()
+            self.use(vocabulary)
         prompts = self._prompts(vocabulary) if vocabulary.names else None
         done = 0
         while tagged := self._chunk(prompts):
