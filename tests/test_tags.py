@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from indexer.sync import Indexer
 from search.collection import Collection
 from search.model import Encoder
 from search.spec import ModelSpec
@@ -133,8 +134,6 @@ def test_new_and_changed_images_are_tagged_by_the_run_that_indexes_them(
     assert stats == {"vocabulary": len(Vocabulary.default().names), "default": True, "untagged": 0}
     shutil.copy(photos / "red-apple.jpg", photos / "another-apple.jpg")
     (photos / "snowman.png").write_bytes((photos / "rainbow.png").read_bytes())
-    from indexer.sync import Indexer
-
     summary = Indexer(collection, encoder, workers=0, progress=False).run([photos])
     assert (summary.added, summary.updated, summary.tagged) == (1, 1, 2)
     assert collection.stats()["tags"]["untagged"] == 0

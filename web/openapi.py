@@ -8,7 +8,7 @@ checked against real responses by the schemathesis test.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +37,9 @@ class TagScore(BaseModel):
     )
 
 
+ImageTags = Annotated[list[TagScore], Field(description="Zero-shot tags, the most probable first.")]
+
+
 class Result(BaseModel):
     id: int
     path: str = Field(description="Relative to its indexed folder.")
@@ -46,7 +49,7 @@ class Result(BaseModel):
     width: int
     height: int
     attributes: dict[str, Any]
-    tags: list[TagScore] = Field(description="Zero-shot tags, the most probable first.")
+    tags: ImageTags
 
 
 class Results(BaseModel):
@@ -70,7 +73,7 @@ class ImageInfo(BaseModel):
     taken_at: str = Field(description="EXIF capture time, else file time (ISO 8601).")
     sha256: str
     attributes: dict[str, Any]
-    tags: list[TagScore] = Field(description="Zero-shot tags, the most probable first.")
+    tags: ImageTags
 
 
 class IndexInfo(BaseModel):
