@@ -262,7 +262,11 @@ def main() -> None:
         result = measure(args, Path(folder))
     if args.baseline:
         script = ["benchmarks/query_latency.py", "--json", "--n", str(args.n)]
-        result["baseline"] = run_json(args.baseline, *script, "--device", args.device)
+        forced = ["--index", args.index] if args.index else []
+        place = ["--dir", str(args.dir)] if args.dir else []
+        result["baseline"] = run_json(
+            args.baseline, *script, *forced, *place, "--device", args.device
+        )
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from benchmarks.clip_like import ClipLike
 from search import vectors as vectors_module
+from search.errors import CollectionError
 from search.halfvectors import HalfVectors
 from search.vectors import ANN_THRESHOLD, Allowed, VectorIndex
 
@@ -177,6 +179,20 @@ def test_the_compressed_index_holds_codes_not_vectors(tmp_path: Path, data, comp
     loaded = VectorIndex.load(path, compressed.half)
     query = data[2][0]
     assert np.array_equal(loaded.search(query, 10)[1], compressed.search(query, 10)[1])
+
+
+def test_re_ranking_reads_rows_as_written_and_leaves_faiss_threads_as_they_were(
+    data, compressed: VectorIndex
+) -> None:
+    ids, images, queries = data
+    picked = ids[[9, 2, 9, 400]]  # any order, repeats allowed
+    rows = compressed.half.read(picked)
+    assert np.array_equal(rows, images[(picked - 7) // 3].astype(np.float16).astype(np.float32))
+    threads = faiss.omp_get_max_threads()
+    compressed.search(queries[0], 10)  # runs FAISS on one thread, then gives the count back
+    assert faiss.omp_get_max_threads() == threads
+    with pytest.raises(CollectionError, match="lacks row"):
+        compressed.half.read(np.array([ids[-1] + 10]))  # never written: past the file's end
 
 
 def test_the_compressed_index_adds_and_removes_without_retraining(data, tmp_path: Path) -> None:
