@@ -43,9 +43,16 @@ class ClipLike:
                 0.75 * self.image_mean + 0.45 * centres[s // 8] + 0.3 * scenes[s] + 0.35 * noise
             )
 
-    def texts_for(self, images: np.ndarray) -> np.ndarray:
+    def texts_for(self, images: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """One caption-like query per image: mostly the text modality's own direction, plus the
-        image's content (its part off the image mean) and noise of its own."""
+        image's content (its part off the image mean) and noise of its own. `rng`: draw the
+        noise from another generator, leaving the images that follow as they would be."""
         content = _unit(images - np.outer(images @ self.image_mean, self.image_mean))
-        noise = _unit(self.rng.standard_normal(images.shape))
+        noise = _unit((rng or self.rng).standard_normal(images.shape))
         return _unit(0.8 * self.text_mean + 0.3 * content + 0.45 * noise)
+
+    def prompts_for(self, images: np.ndarray) -> np.ndarray:
+        """The texts a model would embed for the tag vocabulary: 320 text-like vectors of
+        random images, from generators of their own."""
+        rows = np.random.default_rng(7).choice(len(images), 320, replace=False)
+        return self.texts_for(images[rows], np.random.default_rng(8))

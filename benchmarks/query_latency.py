@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.baseline import run_json
 from benchmarks.clip_like import ClipLike
 from search import vectors
+from search.catalog import TagPrompts
 from search.collection import Collection
 from search.filters import Filters
 from search.spec import ModelSpec
@@ -212,6 +213,10 @@ def written(n: int, queries: int, folder: Path) -> tuple[Truth, float]:
     chunks = clip.image_chunks(n)
     head = next(chunks)
     truth = Truth(clip.texts_for(head[clip.rng.integers(0, len(head), queries)]))
+    with collection.catalog.transaction() as session:  # as tagging stores them
+        prompts = clip.prompts_for(head).tobytes()
+        model = collection.spec.identity
+        session.add(TagPrompts(model=model, vocabulary="-", scale=100, vectors=prompts))
     ms, _ = timed(fill, collection, (c for part in ([head], chunks) for c in part), truth)
     return truth, ms
 

@@ -34,8 +34,9 @@ from search.vectors import VectorIndex
 CHUNK = 50_000
 
 
-def generated(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The images as float16 rows (id = row + 1) and 200 text-like queries."""
+def generated(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The images as float16 rows (id = row + 1), 200 text-like queries and the direction the
+    texts share, as the product draws it from the tag vocabulary's prompts."""
     clip = ClipLike()
     images = np.empty((n, clip.dim), np.float16)
     start = 0
@@ -43,7 +44,8 @@ def generated(n: int) -> tuple[np.ndarray, np.ndarray]:
         images[start : start + len(chunk)] = chunk
         start += len(chunk)
     picked = np.random.default_rng(1).integers(0, min(n, 65_536), 200)
-    return images, clip.texts_for(images[picked].astype(np.float32))
+    head = images[: min(n, 65_536)].astype(np.float32)
+    return images, clip.texts_for(head[picked]), clip.prompts_for(head).mean(axis=0)
 
 
 def exact_top10(images: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ def exact_top10(images: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return ids
 
 
-def built(images: np.ndarray, folder: Path) -> VectorIndex:
+def built(images: np.ndarray, text: np.ndarray, folder: Path) -> VectorIndex:
     n = len(images)
     count = vectors.compressed_lists(n) * vectors.COMPRESSED_TRAINING_PER_LIST
     sample = images[np.random.default_rng(2).choice(n, min(n, count), replace=False)]
@@ -68,7 +70,7 @@ def built(images: np.ndarray, folder: Path) -> VectorIndex:
         for start in range(0, n, CHUNK)
     )
     half = HalfVectors(folder / "vectors.f16", images.shape[1])
-    return VectorIndex.compressed(sample.astype(np.float32), n, chunks, half)
+    return VectorIndex.compressed(sample.astype(np.float32), n, chunks, half, text)
 
 
 def list_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
@@ -79,16 +81,13 @@ def list_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
     return owner
 
 
-def losses(
-    ivf: faiss.IndexIVF, queries: np.ndarray, truth: np.ndarray, owner: np.ndarray
-) -> list[dict]:
+def losses(index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> list[dict]:
+    owner = list_of_each_id(index.ivf, len(index))
     rows = []
     for probes in (64, 128, 256, 512, 1024):
-        _, probed = ivf.quantizer.search(queries, probes)
-        row = {"probes": probes, "routing": _share(owner[truth], probed)}
+        row = {"probes": probes, "routing": _share(owner[truth], index.probed(queries, probes))}
         for wanted in (1_000, 3_000, 10_000):
-            params = faiss.SearchParametersIVF(nprobe=probes)
-            _, candidates = ivf.search(queries, wanted, params=params)
+            _, candidates = index.scan(queries, wanted, probes)
             row[f"candidates_{wanted}"] = _share(truth, candidates)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -107,13 +106,12 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where the float16 vectors file is written")
     args = parser.parse_args()
     started = time.perf_counter()
-    images, queries = generated(args.n)
+    images, queries, text = generated(args.n)
     truth = exact_top10(images, queries)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        index = built(images, Path(folder))
+        index = built(images, text, Path(folder))
         seconds = round(time.perf_counter() - started)
-        owner = list_of_each_id(index.ivf, args.n)
-        rows = losses(index.ivf, queries, truth, owner)
+        rows = losses(index, queries, truth)
     print(json.dumps({"n": args.n, "index": index.kind, "seconds": seconds, "rows": rows}))
 
 

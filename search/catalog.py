@@ -365,6 +365,18 @@ class Catalog:
             }
 
     @staticmethod
+    def text_direction(session: Session, model: str, dim: int) -> np.ndarray | None:
+        """The mean of the texts `model` embedded for the tags (every vocabulary's prompts), a
+        unit vector: the direction all text queries share, which a compressed index's hub list
+        is drawn along (search/vectors.py). None before tagging has embedded any."""
+        rows = session.scalars(select(TagPrompts.vectors).where(TagPrompts.model == model))
+        texts = [np.frombuffer(row, dtype=np.float32).reshape(-1, dim) for row in rows]
+        if not texts:
+            return None
+        mean = np.concatenate(texts).mean(axis=0)
+        return mean / np.linalg.norm(mean)
+
+    @staticmethod
     def tag_names(session: Session) -> tuple[str, ...]:
         """The tag vocabulary in force, in its order."""
         return tuple(session.scalars(select(Tag.name).order_by(Tag.id)))

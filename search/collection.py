@@ -265,8 +265,10 @@ class Collection:
             log.info("building a compressed index of %d vectors", count)
             wanted = COMPRESSED_TRAINING_PER_LIST * compressed_lists(count)
             sample = self.catalog.sample_vectors(session, wanted)
+            text = self.catalog.text_direction(session, self.spec.identity, self.spec.embed_dim)
             chunks = self.catalog.vector_chunks(session, 50_000)
-            return VectorIndex.compressed(sample, count, chunks, self.half_vectors), generation
+            index = VectorIndex.compressed(sample, count, chunks, self.half_vectors, text)
+            return index, generation
 
     def _readable(self, path: Path, read: Callable[[Path], VectorIndex]) -> VectorIndex | None:
         """A saved index is derived data: one that cannot be read is rebuilt, not an error."""

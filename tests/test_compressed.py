@@ -13,6 +13,7 @@ from search import vectors
 from search.collection import Collection
 from search.engine import SearchEngine
 from search.halfvectors import HALF_VECTORS
+from search.tags import Prompts, Vocabulary
 from tests.conftest import build, draw_photos
 
 
@@ -20,6 +21,7 @@ from tests.conftest import build, draw_photos
 def large(tmp_path: Path, encoder, monkeypatch: pytest.MonkeyPatch) -> Collection:
     monkeypatch.setattr(vectors, "ANN_THRESHOLD", 20)
     monkeypatch.setattr(vectors, "COMPRESS_THRESHOLD", 40)
+    monkeypatch.setattr(vectors, "HUB_SHARE", 1 / 4)  # a hub list of some of 60 images
     draw_photos(tmp_path / "photos", 60, seed=5)
     return build(tmp_path / "data", tmp_path / "photos", encoder)
 
@@ -47,6 +49,24 @@ def test_a_large_collection_is_compressed_and_answers_exactly(large: Collection,
     (large.root / HALF_VECTORS).unlink()
     rebuilt = SearchEngine(Collection.open(large.root), encoder)
     assert rebuilt.vectors.is_compressed and own_answers(rebuilt) == answers
+
+
+def test_the_hub_list_is_drawn_along_the_texts_the_tags_embedded(
+    large: Collection, encoder
+) -> None:
+    """The indexer's tagging embedded the default vocabulary; the compressed index it then
+    built keeps the images furthest along those texts' mean in its hub list."""
+    prompts = Prompts.embed(encoder, Vocabulary.default())
+    mean = np.vstack([prompts.neutral, prompts.tags]).mean(axis=0)
+    with large.catalog.sessions() as session:
+        text = large.catalog.text_direction(session, large.spec.identity, encoder.dim)
+    np.testing.assert_allclose(text, mean / np.linalg.norm(mean), atol=1e-5)
+    index = large.load_vectors()[0]
+    np.testing.assert_allclose(index.hub / np.linalg.norm(index.hub), text, atol=1e-6)
+    ids = index.ids()
+    hubs = ids[len(ids) - index.ivf.invlists.list_size(index.lists) :]  # ids() is list by list
+    assert 5 <= len(hubs) <= 25
+    assert sorted(hubs) == sorted(ids[index.half.read(ids) @ index.hub >= 1])
 
 
 def test_growing_past_the_threshold_compresses_and_shrinking_goes_back(
