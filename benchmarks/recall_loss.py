@@ -6,10 +6,11 @@ candidates re-ranked exactly).
 
 Builds the index the product builds for N CLIP-like vectors (benchmarks/clip_like.py), without a
 catalog, and prints per probe count the share of the exact top 10 that sits in the probed lists
-(`routing`: what no re-ranking can exceed) and the share among the top R candidates by code
-(`candidates`: the recall after exact re-ranking of R), then what the product's search gives
-probing that many lists (recall@10 and p50, the disk reads of its re-ranking included). Holds
-the vectors as float16 in memory (1 KB an image: 10 GB at 10M).
+and the hub list (`routing`: what no re-ranking can exceed) and the share among the top R
+candidates by code and the hubs' exact top 10 (`candidates`: the recall after exact re-ranking
+of R), then what the product's search gives probing that many lists (recall@10 and p50, the
+disk reads of its re-ranking included). Holds the vectors as float16 in memory (1 KB an image:
+10 GB at 10M).
 """
 
 from __future__ import annotations
@@ -86,12 +87,15 @@ def losses(
     index: VectorIndex, queries: np.ndarray, truth: np.ndarray, probe_counts: list[int]
 ) -> list[dict]:
     owner = list_of_each_id(index.ivf, len(index))
+    hub_list = np.full((len(queries), 1), index.lists)  # no list if there is no hub list
+    hubs = np.empty((len(queries), 0)) if index.hubs is None else index.hubs.top(queries, 10)[1]
     rows = []
     for probes in probe_counts:
-        row = {"probes": probes, "routing": _share(owner[truth], index.probed(queries, probes))}
+        lists = np.hstack((index.probed(queries, probes), hub_list))
+        row = {"probes": probes, "routing": _share(owner[truth], lists)}
         for wanted in (1_000, 3_000, 10_000):
             _, candidates = index.scan(queries, wanted, probes)
-            row[f"candidates_{wanted}"] = _share(truth, candidates)
+            row[f"candidates_{wanted}"] = _share(truth, np.hstack((candidates, hubs)))
         row.update(searched(index, queries, truth, probes))
         print(json.dumps(row), flush=True)
         rows.append(row)

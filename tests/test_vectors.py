@@ -253,25 +253,38 @@ def test_the_hub_list_holds_the_images_furthest_along_the_text_direction(
     loaded.add(np.array([10**6]), farthest[None])  # a later image is judged by the same bar
     loaded.remove(hubs[:3])
     assert sorted(hub_list(loaded)) == sorted([*hubs[3:], 10**6])
+    # the rows scored exactly in memory follow the list, as re-ranking would read them
+    assert sorted(loaded.hubs.ids) == sorted(hub_list(loaded))
+    assert np.array_equal(loaded.hubs.rows, loaded.half.read(loaded.hubs.ids))
+
+
+def test_a_filter_that_allows_only_hubs_finds_them(data, hubbed: VectorIndex) -> None:
+    _, _, queries = data
+    some = np.sort(hub_list(hubbed))[::2][:7]
+    scores, found = hubbed.search(queries[0], 10, Allowed(some))
+    assert sorted(found) == sorted(some)
+    np.testing.assert_allclose(scores, hubbed.half.read(found) @ queries[0], rtol=1e-6)
 
 
 def test_text_queries_find_the_hubs_of_their_top_10_from_any_list(
     data, compressed: VectorIndex, hubbed: VectorIndex
 ) -> None:
     """A text query's exact top 10 holds images of other subjects that are there for their
-    projection on the text direction: one probe finds them through the hub list, where the
-    index without one must happen to probe their lists; and routing by the rest of the query
-    spends the probes on its subject."""
+    projection on the text direction: one probe finds them through the hub list, scored
+    exactly, where the index without one must happen to probe their lists; and routing by the
+    rest of the query spends the probes on its subject."""
     ids, images, queries = data
     hubs = set(hub_list(hubbed))
     recalls = {}
     for name, index in (("plain", compressed), ("hubbed", hubbed)):
         _, candidates = index.scan(queries, 1000, probes=1)
+        if index.hubs is not None:
+            candidates = np.hstack((candidates, index.hubs.top(queries, 10)[1]))
         found = []
         for query, row in zip(queries, candidates, strict=True):
             expected = set(exact(ids, images, query, 10))
             if name == "hubbed":
-                assert expected & hubs <= set(row)
+                assert expected & hubs <= set(index.search(query, 10)[1])
             rows = (row[row >= 0] - 7) // 3
             best = ids[rows[np.argsort(-(images[rows] @ query))[:10]]]
             found.append(len(expected & set(best)) / 10)
