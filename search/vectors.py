@@ -23,10 +23,10 @@ q·x = (q·t)(t·x) + q⊥·x, and the first term ranks images by t·x, their pr
 direction t, whatever the query asks. The images with the largest t·x ("hubs") come up in the
 exact top 10 of queries about anything, from lists no routing by subject would probe: at 10M
 CLIP-like vectors, 23% of a query's exact top 10 are such images of other subjects, and the
-0.25% of images with the largest t·x hold all but 0.1% of them. They are kept in one extra
+0.1% of images with the largest t·x hold all but 0.3% of them. They are kept in one extra
 list that every query scans (HUB_SHARE), and the other lists are routed without t (probed).
 Their codes cannot order them, all alike along t, so they are scored exactly, from their full
-vectors held in memory (Hubs; 8 bytes an image). t is the mean of the texts the model embedded
+vectors held in memory (Hubs; 2 bytes an image). t is the mean of the texts the model embedded
 for the collection's tags (Catalog.text_direction); without them the index has no hub list.
 """
 
@@ -62,7 +62,7 @@ KMEANS_ITERATIONS = 10
 # 19,188 / 8,422 at 16,384 lists; 9,235 / 7,487 at 32,768; 4,666 / 6,164 at 65,536
 # (benchmarks/list_assignment.py).
 GRAPH_ASSIGNMENT_LISTS = 65_536
-HUB_SHARE = 1 / 256  # of a compressed index's images, in the list every query scans
+HUB_SHARE = 1 / 1024  # of a compressed index's images, scored exactly by every query (Hubs)
 
 
 def ideal_lists(n: int) -> int:
@@ -130,8 +130,8 @@ class Hubs:
     the text direction, where the codes cannot tell them apart (at 3M CLIP-like vectors the
     hub list's best 1,000 by code held 0.904 of the hubs in a query's exact top 10, and the
     index found 0.940 of that top 10; scored exactly, 0.977). Their float16 rows from disk, as
-    float32 for one matrix product: 8 bytes an image of the collection (80 MB at 10M), 2 ms a
-    query for 38,847 hubs on one core, the hub list's code scan no longer needed."""
+    float32 for one matrix product: 2 bytes an image of the collection (20 MB at 10M), read
+    whole by every query (README, "Where 10M loses it now")."""
 
     def __init__(self, ids: np.ndarray, rows: np.ndarray) -> None:
         self.ids, self.rows = ids.astype(np.int64), rows
