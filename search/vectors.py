@@ -24,7 +24,7 @@ direction t, whatever the query asks. The images with the largest t·x ("hubs") 
 exact top 10 of queries about anything, from lists no routing by subject would probe: at 10M
 CLIP-like vectors, 23% of a query's exact top 10 are such images of other subjects, and the
 0.1% of images with the largest t·x hold all but 0.3% of them. They are kept in one extra
-list that every query scans (HUB_SHARE), and the other lists are routed without t (probed).
+list that every query searches (HUB_SHARE), and the other lists are routed without t (probed).
 Their codes cannot order them, all alike along t, so they are scored exactly, from their full
 vectors held in memory (Hubs; 2 bytes an image). t is the mean of the texts the model embedded
 for the collection's tags (Catalog.text_direction); without them the index has no hub list.
