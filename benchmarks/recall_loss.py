@@ -10,9 +10,9 @@ and the hub list (`routing`: what no re-ranking can exceed) and the share among 
 candidates by code and the hubs' exact top 10 (`candidates`: the recall after exact re-ranking
 of R), then what the product's search gives probing that many lists (recall@10 and p50, the
 disk reads of its re-ranking included). Holds the vectors as float16 in memory (1 KB an image:
-10 GB at 10M). With --keep DIR the built index and its vectors file stay in DIR, and a later run
-with the same N and the same DIR searches them instead of building again (40 minutes at 10M):
-for changes to how the index is searched, not to how it is built.
+10 GB at 10M). With --keep DIR the built index, its vectors file, the queries and their exact
+top 10 stay in DIR, and a later run with the same N and DIR searches them instead of generating
+and building again (50 minutes at 10M): for changes to how an index is searched, not built.
 """
 
 from __future__ import annotations
@@ -63,9 +63,7 @@ def exact_top10(images: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return ids
 
 
-def built(
-    images: np.ndarray, text: np.ndarray, folder: Path, half: HalfVectors | None = None
-) -> VectorIndex:
+def built(images: np.ndarray, text: np.ndarray, half: HalfVectors) -> VectorIndex:
     n = len(images)
     count = vectors.compressed_lists(n) * vectors.COMPRESSED_TRAINING_PER_LIST
     sample = images[np.random.default_rng(2).choice(n, min(n, count), replace=False)]
@@ -76,20 +74,24 @@ def built(
         )
         for start in range(0, n, CHUNK)
     )
-    half = half or HalfVectors(folder / "vectors.f16", images.shape[1])
     return VectorIndex.compressed(sample.astype(np.float32), n, chunks, half, text)
 
 
-def kept(images: np.ndarray, text: np.ndarray, folder: Path) -> VectorIndex:
-    """The index built earlier into `folder` for this many images, or one built and saved now."""
-    path = folder / f"index-{len(images)}.faiss"
-    half = HalfVectors(folder / f"vectors-{len(images)}.f16", images.shape[1])
-    if path.exists():
-        return VectorIndex.load(path, half)
-    folder.mkdir(parents=True, exist_ok=True)
-    index = built(images, text, folder, half)
-    index.save(path)
-    return index
+def prepared(n: int, folder: Path, keep: bool) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """The index of n images, the queries and their exact top 10: made now, in `folder`, and
+    kept there if `keep`; or as an earlier run kept them there."""
+    saved, path = folder / f"queries-{n}.npz", folder / f"index-{n}.faiss"
+    half = HalfVectors(folder / f"vectors-{n}.f16", ClipLike().dim)
+    if keep and saved.exists():
+        with np.load(saved) as kept:
+            return VectorIndex.load(path, half), kept["queries"], kept["truth"]
+    images, queries, text = generated(n)
+    truth = exact_top10(images, queries)
+    index = built(images, text, half)
+    if keep:
+        index.save(path)
+        np.savez(saved, queries=queries, truth=truth)
+    return index, queries, truth
 
 
 def list_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
@@ -149,14 +151,11 @@ def main() -> None:
     parser.add_argument("--probes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     args = parser.parse_args()
     started = time.perf_counter()
-    images, queries, text = generated(args.n)
-    truth = exact_top10(images, queries)
     with contextlib.ExitStack() as stack:
         if args.keep:
-            index = kept(images, text, args.keep)
-        else:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir))
-            index = built(images, text, Path(folder))
+            args.keep.mkdir(parents=True, exist_ok=True)
+        folder = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        index, queries, truth = prepared(args.n, folder, keep=bool(args.keep))
         seconds = round(time.perf_counter() - started)
         rows = losses(index, queries, truth, args.probes)
     print(json.dumps({"n": args.n, "index": index.kind, "seconds": seconds, "rows": rows}))
