@@ -13,6 +13,9 @@ import argparse
 import json
 import time
 
+import search  # noqa: F401  (first: it chooses OpenBLAS's kernels, search/blas.py)
+
+# isort: split
 import faiss
 import numpy as np
 

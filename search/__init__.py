@@ -2,3 +2,7 @@
 
 Imported by ``indexer`` and ``web``; imports neither.
 """
+
+from search.blas import choose_openblas_kernels
+
+choose_openblas_kernels()  # before any module here imports faiss (search/blas.py)
