@@ -17,15 +17,12 @@ import sys
 from pathlib import Path
 
 CHILD = """
-import ctypes, json, sys, time
-from pathlib import Path
+import json, sys, time
 if sys.argv[1] == "chosen":
     import search  # chooses the kernels, as the product does before it imports faiss
 import faiss, numpy as np
+from search.blas import faiss_kernels
 
-libs = Path(faiss.__file__).parent.parent.glob("faiss*.libs/libopenblas*")
-blas = ctypes.CDLL(str(next(libs)))
-blas.openblas_get_corename.restype = ctypes.c_char_p
 rng = np.random.default_rng(0)
 def unit(n):
     rows = rng.standard_normal((n, 512), dtype=np.float32)
@@ -37,7 +34,7 @@ centroids.search(vectors, 1)
 assigned = len(vectors) / (time.perf_counter() - started)
 started = time.perf_counter()
 faiss.Kmeans(512, 2048, niter=10, spherical=True, seed=1).train(unit(65_536))
-print(json.dumps({"setting": sys.argv[1], "kernels": blas.openblas_get_corename().decode(),
+print(json.dumps({"setting": sys.argv[1], "kernels": faiss_kernels(),
     "assigned_per_s": round(assigned), "kmeans_s": round(time.perf_counter() - started, 2)}))
 """
 

@@ -32,6 +32,21 @@ def choose_openblas_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None
     return None
 
 
+def faiss_kernels() -> str | None:
+    """The kernels the OpenBLAS that FAISS bundles runs (it loads with faiss), or None if
+    this FAISS build bundles none."""
+    import ctypes
+
+    import faiss
+
+    libs = Path(faiss.__file__).parent.parent.glob("faiss*.libs/libopenblas*")
+    if (library := next(libs, None)) is None:
+        return None
+    blas = ctypes.CDLL(str(library))
+    blas.openblas_get_corename.restype = ctypes.c_char_p
+    return blas.openblas_get_corename().decode()
+
+
 def _flags(cpuinfo: str) -> list[str]:
     for line in cpuinfo.splitlines():
         name, _, value = line.partition(":")

@@ -408,7 +408,7 @@ class VectorIndex:
         and 32,768 lists."""
         if self.hub is None:
             return self.ivf.quantizer.search(queries, probes)[1]
-        text = self.hub / np.linalg.norm(self.hub)
+        text = self.text
         along = queries @ text
         routed = queries - np.outer(along, text)
         lean = REACH_WEIGHT * np.maximum(along, 0)  # image queries may not lean towards t
@@ -422,6 +422,11 @@ class VectorIndex:
         return lists
 
     @property
+    def text(self) -> np.ndarray:
+        """The unit text direction t of an index with a hub list (its centroid's direction)."""
+        return (self.hub / np.linalg.norm(self.hub)).astype(np.float32)
+
+    @property
     def reach(self) -> np.ndarray:
         """How far along the text direction t each subject list reaches: the largest t·x of its
         images (-1 for an empty list). Its REACH_CANDIDATES best by code, t as the query,
@@ -429,7 +434,7 @@ class VectorIndex:
         say finds less. Found by the first query after the index is loaded or changed: 1.1 s
         at 10M (32,768 lists), 0.01 s at 30,000 images."""
         if self._reach is None:
-            text = (self.hub / np.linalg.norm(self.hub)).astype(np.float32)
+            text = self.text
             along = np.full((self.lists, REACH_CANDIDATES), -1.0, dtype=np.float32)
             for start in range(0, self.lists, 4096):  # 4,096 copies of t: 8 MB at 512-d
                 lists = np.arange(start, min(self.lists, start + 4096), dtype=np.int64)[:, None]

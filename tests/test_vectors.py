@@ -309,7 +309,7 @@ def test_each_list_reaches_along_the_text_direction_as_far_as_its_farthest_image
     data, hubbed: VectorIndex, tmp_path: Path
 ) -> None:
     ids, images, _ = data
-    along = dict(zip(ids.tolist(), images @ (hubbed.hub / np.linalg.norm(hubbed.hub)), strict=True))
+    along = dict(zip(ids.tolist(), images @ hubbed.text, strict=True))
     farthest = np.full(hubbed.lists, -1.0)
     for i, number in owners(hubbed).items():
         if number < hubbed.lists:
