@@ -33,7 +33,7 @@ from benchmarks.clip_like import ClipLike
 from benchmarks.query_latency import merged_top10
 from search import vectors
 from search.halfvectors import HalfVectors
-from search.vectors import VectorIndex
+from search.vectors import VectorIndex, best_distinct
 
 # isort: split
 import faiss  # after search, which chooses OpenBLAS's kernels before FAISS loads them
@@ -96,26 +96,29 @@ def prepared(n: int, folder: Path, keep: bool) -> tuple[VectorIndex, np.ndarray,
     return index, queries, truth
 
 
-def list_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
-    owner = np.zeros(n + 1, np.int64)
+def lists_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
+    """Row i: the lists that hold id i, -1 where there is none (a second for a spilled image)."""
+    owners = np.full((n + 1, 2), -1, np.int64)
     for number in range(ivf.nlist):
         if size := ivf.invlists.list_size(number):
-            owner[faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)] = number
-    return owner
+            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)
+            second = owners[ids, 0] >= 0
+            owners[ids, second.astype(np.int64)] = number
+    return owners
 
 
 def losses(
     index: VectorIndex, queries: np.ndarray, truth: np.ndarray, probe_counts: list[int]
 ) -> list[dict]:
-    owner = list_of_each_id(index.ivf, len(index))
+    owners = lists_of_each_id(index.ivf, len(index))
     hub_list = np.full((len(queries), 1), index.lists)  # no list if there is no hub list
     hubs = np.empty((len(queries), 0)) if index.hubs is None else index.hubs.top(queries, 10)[1]
     rows = []
     for probes in probe_counts:
         lists = np.hstack((index.probed(queries, probes), hub_list))
-        row = {"probes": probes, "routing": _share(owner[truth], lists)}
+        row = {"probes": probes, "routing": _routed(owners[truth], lists)}
         for wanted in (1_000, 3_000, 10_000):
-            _, candidates = index.scan(queries, wanted, probes)
+            candidates = best_distinct(*index.scan(queries, 2 * wanted, probes), wanted)[1]
             row[f"candidates_{wanted}"] = _share(truth, np.hstack((candidates, hubs)))
         row.update(searched(index, queries, truth, probes))
         print(json.dumps(row), flush=True)
@@ -137,6 +140,12 @@ def searched(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, probes:
 
 def _ms(seconds: list[float]) -> float:
     return round(float(np.median(seconds)) * 1000, 2)
+
+
+def _routed(owners: np.ndarray, lists: np.ndarray) -> float:
+    """The share of the exact top 10 (each image by the lists it is in) in the lists searched."""
+    held = [np.isin(two, found).any(axis=1) for two, found in zip(owners, lists, strict=True)]
+    return round(float(np.mean(held)), 3)
 
 
 def _share(wanted: np.ndarray, found: np.ndarray) -> float:

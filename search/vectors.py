@@ -32,6 +32,12 @@ Below the hub list's cut, images far along t still rise into queries' top 10 fro
 centroids would not route to, so routing adds to each list's score what the query's lean
 towards t could lift its farthest image by: (q·t) times the list's reach along t, weighted by
 REACH_WEIGHT (VectorIndex.reach; measured in the README, "Where 10M loses it now").
+
+Why some images are in two lists: at 10M, most of what routing still misses is not far along t
+but images whose own part (what no centroid shows) happens to lie along the query's, in lists
+ranked ~600th to ~3,500th. The images far from their nearest centroid are the likeliest to be
+such strangers, so the SPILL_SHARE of each added batch that fit their list worst go into their
+second nearest list too, as ScaNN's spilled assignments do: 72 bytes more for each.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ log = logging.getLogger(__name__)
 
 ANN_THRESHOLD = 25_000  # exact search is ~3 ms here on 2 CPU cores; it grows linearly above
 COMPRESS_THRESHOLD = 2_000_000  # IVF-Flat would hold 4 GB of vectors in RAM
-RERANK = 1_000  # compressed candidates re-ranked exactly (see the README's figures)
+RERANK = 1_500  # compressed candidates re-ranked exactly (default_probes; the README)
 COMPRESSED_TRAINING_PER_LIST = 8  # 262,144 vectors at 10M images: 0.5 GB while training
 TRAINING_PER_LIST = 40  # faiss warns below 39 training points per list
 KMEANS_ITERATIONS = 10
@@ -67,11 +73,15 @@ KMEANS_ITERATIONS = 10
 # (benchmarks/list_assignment.py).
 GRAPH_ASSIGNMENT_LISTS = 65_536
 HUB_SHARE = 1 / 1024  # of a compressed index's images, scored exactly by every query (Hubs)
+HUBS_AT_MOST = 16_384  # whatever the size: a query reads all their rows (32 MB as float32)
 # Of a list's reach along the text direction in routing (probed). At 10M, 256 / 1,024 probes,
 # the share of the exact top 10 in the lists searched: 0.898 / 0.943 without, 0.912 / 0.945 at
 # 0.5, 0.907 / 0.932 at 1; at 30,000 images and 16 probes, 0.951, 0.969 and 0.986.
 REACH_WEIGHT = 0.5
 REACH_CANDIDATES = 4  # of a list's images by code, scored exactly for its reach
+# Of each batch added to a compressed index, the images that fit their subject list worst, which
+# also go into their second nearest (README, "Where 10M loses it now"): 72 more bytes each.
+SPILL_SHARE = 0.2
 
 
 def ideal_lists(n: int) -> int:
@@ -99,10 +109,13 @@ def subquantizers(dim: int) -> int:
 
 
 def default_probes(lists: int, compressed: bool = False) -> int:
-    """A thirty-second of the lists; a compressed index's many small lists hold about one
-    subject each, so what a text query needs is a count of nearby lists, not a share: 256 of
-    32,768 at 10M. Scanning more only lets more strangers' codes outrank its neighbours."""
-    return max(32, lists // (128 if compressed else 32))
+    """A thirty-second of the lists; 3/128 of a compressed index's, 768 of 32,768 at 10M. Its
+    small lists hold about one subject each, but a text query's exact top 10 also holds
+    strangers from lists its routing ranks in the thousands: at 10M, with a fifth of the
+    images in two lists and RERANK candidates, recall@10 0.934 at 512 probes, 0.958 at 768
+    and 0.957 at 1,024 (README, "Where 10M loses it now"). Set when an index is loaded, not
+    kept in its file: an index built by an earlier release searches as this one does."""
+    return max(32, lists * 3 // 128 if compressed else lists // 32)
 
 
 class Allowed:
@@ -191,12 +204,14 @@ class VectorIndex:
             # Queries come one at a time: split each over the lists it probes, not over the
             # queries (one query, one thread). At 1M, 128 probes: 5.7 -> 3.0 ms on 2 threads.
             index.parallel_mode = 1
+            index.nprobe = default_probes(index.nlist, isinstance(index, faiss.IndexIVFPQFastScan))
         self.dim = index.d
         self.half = half  # the full vectors of a compressed index
         self.hub = _hub_centroid(index)  # a compressed index's hub list, if it has one
         self.hubs = None if self.hub is None or half is None else Hubs.read(index, self.lists, half)
         self._assigner: faiss.Index | None = None  # see _subjects
         self._reach: np.ndarray | None = None  # see reach
+        self._held: int | None = None  # see __len__
         self._gpu: GpuFlat | None = None
 
     @classmethod
@@ -227,7 +242,7 @@ class VectorIndex:
         """Train on `sample`, then add the collection chunk by chunk, writing each chunk's
         full vectors to `half` as it goes: memory holds the codes and one chunk, never the
         collection. `text`: the direction text queries share, for the hub list."""
-        index = cls(_train_compressed(sample, compressed_lists(n), text), half)
+        index = cls(_train_compressed(sample, n, text), half)
         with _assignment(index):
             for ids, vectors in chunks:
                 index.add(ids, vectors)
@@ -254,13 +269,20 @@ class VectorIndex:
             if self.hub is not None:
                 hubs = ivf.invlists.list_size(self.lists)
                 found += f", a hub list of {hubs:,} scored exactly by every query"
-            return f"{found}, {RERANK} candidates re-ranked exactly)"
+            spilled = ivf.ntotal - len(self)
+            return f"{found}, {spilled:,} in two lists, {RERANK} candidates re-ranked exactly)"
         if ivf := self.ivf:
             return f"IVF{ivf.nlist},Flat (centred lists, nprobe {ivf.nprobe})"
         return "flat (exact inner product)"
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        """The images held: a compressed index holds some twice (SPILL_SHARE), so it counts
+        its distinct ids once after a load or a removal (0.24 s at 10M) and keeps count."""
+        if not self.is_compressed:
+            return int(self.index.ntotal)
+        if self._held is None:
+            self._held = len(self.ids())
+        return self._held
 
     def wants_rebuild(self) -> bool:
         """True when the collection has outgrown this index type or list count (or shrunk
@@ -281,22 +303,27 @@ class VectorIndex:
             if self.half is not None:
                 self.half.write(ids, vectors)
             if self.is_compressed:
+                held = len(self)
                 self._add_to_lists(ids, vectors)
+                self._held = held + len(ids)
             else:
                 self.index.add_with_ids(vectors, ids)
             self._gpu = self._reach = None
 
     def _add_to_lists(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """A hub (its inner product with the hub centroid 1 or more: _hub_for) goes to the hub
-        list, any other vector to its nearest subject's. FAISS's fast-scan IVF assigns lists
-        only through its quantizer, so each group is added through one of its own."""
+        list, any other vector to its nearest subject's, and the SPILL_SHARE of those that fit
+        theirs worst to their second nearest too."""
         hubs = np.zeros(len(ids), dtype=bool) if self.hub is None else vectors @ self.hub >= 1
         if self.hubs is not None and hubs.any():
             self.hubs.add(ids[hubs], vectors[hubs])
-        for rows, quantizer in ((~hubs, self._subjects), (hubs, None)):
-            if rows.any():
-                with _routed_by(self.ivf, quantizer or _one_list(self.lists, self.dim)):
-                    self.index.add_with_ids(vectors[rows], ids[rows])
+        lists = np.full((len(ids), 2), -1, dtype=np.int64)
+        lists[hubs, 0] = self.lists
+        if (~hubs).any():
+            lists[~hubs] = _spilled(*_nearest_two(self._subjects, vectors[~hubs]))
+        for column in lists.T:  # one copy of a vector at a time: _place finds it by itself
+            placed = column >= 0
+            _place(self.ivf, ids[placed], vectors[placed], column[placed])
 
     @property
     def _subjects(self) -> faiss.Index:
@@ -317,7 +344,7 @@ class VectorIndex:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             if self.hubs is not None:
                 self.hubs.remove(ids)
-            self._gpu = self._reach = None
+            self._gpu = self._reach = self._held = None
 
     def search(
         self, query: np.ndarray, k: int, allowed: Allowed | None = None
@@ -363,10 +390,11 @@ class VectorIndex:
         widen = share**0.5 if self.is_compressed else share
         probes = max(ivf.nprobe / widen, 4 * k * self.lists / n)
         probes = min(self.lists, math.ceil(probes))
-        scores, ids = _found(*self.scan(query, k, probes, sel))
+        wanted = 2 * k if self.is_compressed else k  # a spilled image comes twice by code
+        scores, ids = _found(*self.scan(query, wanted, probes, sel))
         if len(ids) < k and probes < self.lists:
-            scores, ids = _found(*self.scan(query, k, self.lists, sel))
-        return scores, ids
+            scores, ids = _found(*self.scan(query, wanted, self.lists, sel))
+        return scores[:k], ids[:k]
 
     def scan(
         self, queries: np.ndarray, k: int, probes: int, sel: faiss.IDSelector | None = None
@@ -453,19 +481,17 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self))
         if self.ivf is None:
-            scores, ids = self.index.search(queries, k)
-        else:
-            scores, ids = self.scan(queries, k, min(probes, self.lists))
-        if self.half is not None:
-            found = ids >= 0
-            rows = self.half.read(ids[found]).reshape(-1, self.dim)
-            scores[found] = np.einsum("ij,ij->i", rows, np.repeat(queries, found.sum(1), axis=0))
+            return self.index.search(queries, k)
+        if self.half is None:
+            return self.scan(queries, k, min(probes, self.lists))
+        scores, ids = self.scan(queries, 2 * k, min(probes, self.lists))  # spills come twice
+        found = ids >= 0
+        rows = self.half.read(ids[found]).reshape(-1, self.dim)
+        scores[found] = np.einsum("ij,ij->i", rows, np.repeat(queries, found.sum(1), axis=0))
         if self.hubs is not None:
             hub_scores, hub_ids = self.hubs.top(queries, k)
             scores, ids = np.hstack((scores, hub_scores)), np.hstack((ids, hub_ids))
-            best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            scores, ids = np.take_along_axis(scores, best, 1), np.take_along_axis(ids, best, 1)
-        return scores, ids
+        return best_distinct(scores, ids, k)
 
     def contents(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (id, vector) held, in no particular order (not of a compressed index, whose
@@ -479,10 +505,14 @@ class VectorIndex:
         return ids, codes.view(np.float32).reshape(len(ids), self.dim)
 
     def ids(self) -> np.ndarray:
+        """Every id held, once (an IVF's in ascending order)."""
         ivf = self.ivf
         if ivf is None:
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        return np.concatenate([_list(ivf, number) for number in range(ivf.nlist)])
+        listed = np.concatenate([_list(ivf, number) for number in range(ivf.nlist)])
+        held = np.zeros(listed.max(initial=-1) + 1, dtype=bool)  # ids are dense: 10 MB at 10M
+        held[listed] = True
+        return np.flatnonzero(held)
 
     def use_gpu(self) -> bool:
         """Answer unfiltered queries with an exact search on the GPU when there is one and the
@@ -522,13 +552,34 @@ class VectorIndex:
 
 
 def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = ids[0] >= 0
-    return scores[0][keep], ids[0][keep]
+    """A single query's results, without padding, each id once (the first, best, of a spill)."""
+    kept = _first(ids[0])
+    kept = kept[ids[0][kept] >= 0]
+    return scores[0][kept], ids[0][kept]
+
+
+def _first(ids: np.ndarray) -> np.ndarray:
+    """The positions of each id's first occurrence, in order."""
+    return np.sort(np.unique(ids, return_index=True)[1])
+
+
+def best_distinct(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best (scores, ids), each id once, padded with id -1."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    for row_scores, row_ids in zip(scores, ids, strict=True):  # views: written in place
+        repeated = np.ones(len(row_ids), dtype=bool)
+        repeated[_first(row_ids)] = False
+        row_scores[repeated | (row_ids < 0)], row_ids[repeated] = -np.inf, -1
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def _list(ivf: faiss.IndexIVF, number: int, codes: bool = False) -> np.ndarray:
     """One inverted list's ids, or its codes as bytes."""
     lists, size = ivf.invlists, ivf.invlists.list_size(number)
+    if not size:  # an empty list's pointer is null, which FAISS's numpy view takes for float32
+        return np.empty(0, dtype=np.uint8 if codes else np.int64)
     if codes:
         return faiss.rev_swig_ptr(lists.get_codes(number), size * ivf.code_size).copy()
     return faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
@@ -546,13 +597,13 @@ def _train_ivf(vectors: np.ndarray, lists: int) -> faiss.IndexIVFFlat:
 
 
 def _train_compressed(
-    sample: np.ndarray, lists: int, text: np.ndarray | None
+    sample: np.ndarray, n: int, text: np.ndarray | None
 ) -> faiss.IndexIVFPQFastScan:
     """IVF-PQ fast-scan, with a hub list when `text` is known. The codes are of the vectors
     themselves, not of their residuals from a list's centroid, as every figure in the README
     was measured; residual codes are untried."""
-    quantizer = _quantizer(sample, lists)
-    if text is not None and (hub := _hub_for(sample, text)) is not None:
+    quantizer = _quantizer(sample, compressed_lists(n))
+    if text is not None and (hub := _hub_for(sample, text, n)) is not None:
         quantizer.add(hub[None])
     dim = quantizer.d
     ivf = faiss.IndexIVFPQFastScan(
@@ -560,7 +611,7 @@ def _train_compressed(
     )
     ivf.by_residual = False
     ivf.train(np.ascontiguousarray(sample, dtype=np.float32))  # the codes: the lists are set
-    return _owning(ivf, quantizer, compressed=True)
+    return _owning(ivf, quantizer)
 
 
 def _quantizer(sample: np.ndarray, lists: int) -> faiss.IndexFlatIP:
@@ -577,12 +628,13 @@ def _quantizer(sample: np.ndarray, lists: int) -> faiss.IndexFlatIP:
     return centroids
 
 
-def _hub_for(sample: np.ndarray, text: np.ndarray) -> np.ndarray | None:
+def _hub_for(sample: np.ndarray, text: np.ndarray, n: int) -> np.ndarray | None:
     """The hub list's centroid: the unit text direction divided by the projection on it that
-    HUB_SHARE of the sample exceeds, so that an image is a hub when its inner product with the
-    centroid is 1 or more. None if that projection is not between 0 and 1."""
+    HUB_SHARE of the sample exceeds (or HUBS_AT_MOST of `n` images, if fewer), so that an image
+    is a hub when its inner product with the centroid is 1 or more. None if that projection is
+    not between 0 and 1."""
     text = np.asarray(text, dtype=np.float32) / np.linalg.norm(text)
-    bar = float(np.quantile(sample @ text, 1 - HUB_SHARE))
+    bar = float(np.quantile(sample @ text, 1 - min(HUB_SHARE, HUBS_AT_MOST / n)))
     return text / bar if 0 < bar < 1 else None
 
 
@@ -633,6 +685,36 @@ def _assignment(index: VectorIndex) -> Iterator[None]:
         index._assigner = None
 
 
+def _nearest_two(assigner: faiss.Index, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How well each vector fits its nearest list (higher is better, comparable within one
+    call), and its two nearest lists."""
+    scores, lists = assigner.search(np.ascontiguousarray(vectors, dtype=np.float32), 2)
+    inner = assigner.metric_type == faiss.METRIC_INNER_PRODUCT  # a graph compares by L2
+    return (scores[:, 0] if inner else -scores[:, 0]), lists
+
+
+def _spilled(fit: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Each vector's lists: its nearest, and for the SPILL_SHARE of them (of this batch) that
+    fit it worst, the second nearest; -1 for none."""
+    lists = nearest.copy()
+    lists[np.argsort(fit, kind="stable")[round(SPILL_SHARE * len(fit)) :], 1] = -1
+    return lists
+
+
+def _place(ivf: faiss.IndexIVF, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray) -> None:
+    """Add each vector to the list given for it. FAISS's fast-scan IVF takes vectors only
+    through its quantizer (its add_core and add_sa_codes write unpacked codes into packed
+    blocks: both crashed here), so each block of vectors is added through a quantizer that
+    holds those same vectors under their lists' numbers, where each finds itself (at distance
+    0). 1,024 a block: comparing them costs 3% of finding their lists among 32,768."""
+    for start in range(0, len(ids), 1024):
+        block = slice(start, start + 1024)
+        itself = faiss.IndexIDMap(faiss.IndexFlatL2(ivf.d))
+        itself.add_with_ids(vectors[block], lists[block])
+        with _routed_by(ivf, itself):
+            ivf.add_with_ids(vectors[block], ids[block])
+
+
 @contextlib.contextmanager
 def _routed_by(ivf: faiss.IndexIVF, quantizer: faiss.Index) -> Iterator[None]:
     """`ivf` assigning lists through `quantizer` for a while; its own is still owned by it."""
@@ -642,13 +724,6 @@ def _routed_by(ivf: faiss.IndexIVF, quantizer: faiss.Index) -> Iterator[None]:
         yield
     finally:
         ivf.quantizer = own
-
-
-def _one_list(number: int, dim: int) -> faiss.Index:
-    """A quantizer that assigns every vector to list `number`."""
-    quantizer = faiss.index_factory(dim, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
-    quantizer.add_with_ids(np.zeros((1, dim), dtype=np.float32), np.array([number]))
-    return quantizer
 
 
 @contextlib.contextmanager
@@ -666,12 +741,9 @@ def _one_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
-def _owning(
-    ivf: faiss.IndexIVF, quantizer: faiss.Index, compressed: bool = False
-) -> faiss.IndexIVF:
+def _owning(ivf: faiss.IndexIVF, quantizer: faiss.Index) -> faiss.IndexIVF:
     ivf.own_fields = True
     quantizer.this.disown()
-    ivf.nprobe = default_probes(ivf.nlist, compressed)
     return ivf
 
 
