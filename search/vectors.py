@@ -37,7 +37,9 @@ Why some images are in two lists: at 10M, most of what routing still misses is n
 but images whose own part (what no centroid shows) happens to lie along the query's, in lists
 ranked ~600th to ~3,500th. The images far from their nearest centroid are the likeliest to be
 such strangers, so the SPILL_SHARE of each added batch that fit their list worst go into their
-second nearest list too, as ScaNN's spilled assignments do: 72 bytes more for each.
+second nearest list too, as ScaNN's spilled assignments do: 72 bytes more for each, 96 bytes an
+image at 10M; recall@10 at 10M, 1,024 probes, from 0.926 to 0.949. A query takes twice its
+candidates by code, and each id once (_found, best_distinct).
 """
 
 from __future__ import annotations
