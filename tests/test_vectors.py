@@ -96,8 +96,10 @@ def test_ann_add_remove_save_load(tmp_path: Path, data) -> None:
     assert (mapped.kind, len(mapped)) == (index.kind, len(index))
     assert sorted(loaded.ids()) == sorted([1, 2, *ids[10:]])
     assert loaded.search(images[0], 1)[1][0] == 1
-    _, vectors = loaded.contents()
+    held, vectors = loaded.contents()
     assert vectors.shape == (len(ids) - 8, DIM)
+    expected = dict(zip([1, 2, *ids[10:].tolist()], [*images[:2], *images[10:]], strict=True))
+    np.testing.assert_array_equal(vectors, np.array([expected[i] for i in held.tolist()]))
 
 
 def test_shrinking_far_below_the_threshold_goes_back_to_flat(data) -> None:
