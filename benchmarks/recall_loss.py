@@ -3,22 +3,26 @@ does not probe) or in the codes (they are probed, but their PQ scores leave them
 candidates re-ranked exactly).
 
     python benchmarks/recall_loss.py --n 3000000 --dir /var/tmp --probes 128 256 512
+    python benchmarks/recall_loss.py --n 10000000 --keep /var/tmp/keep10s --probes 640 --spread 0 10
 
 Builds the index the product builds for N CLIP-like vectors (benchmarks/clip_like.py), without a
 catalog, and prints per probe count the share of the exact top 10 that sits in the probed lists
-and the hub list (`routing`: what no re-ranking can exceed) and the share among the top R
-candidates by code and the hubs' exact top 10 (`candidates`: the recall after exact re-ranking
-of R), then what the product's search gives probing that many lists (recall@10 and p50, the
-disk reads of its re-ranking included). Holds the vectors as float16 in memory (1 KB an image:
-10 GB at 10M). With --keep DIR the built index, its vectors file, the queries and their exact
-top 10 stay in DIR, and a later run with the same N and DIR searches them instead of generating
-and building again (50 minutes at 10M): for changes to how an index is searched, not built.
+and the hub list (`routing`: what no re-ranking can exceed; `codes_scanned`: a query's codes in
+those lists) and the share among the top R candidates by code and the hubs' exact top 10
+(`candidates`: the recall after exact re-ranking of R), then what the product's search gives
+probing that many lists (recall@10 and p50, the disk reads of its re-ranking included); all of
+it for each of --spread's routing weights (SPREAD_WEIGHT in search/vectors.py). Holds the
+vectors as float16 in memory (1 KB an image: 10 GB at 10M). With --keep DIR the built index, its
+vectors file, the queries and their exact top 10 stay in DIR, and a later run with the same N and
+DIR searches them instead of generating and building again (50 minutes at 10M): for changes to
+how an index is searched, not built.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 import tempfile
@@ -108,15 +112,24 @@ def lists_of_each_id(ivf: faiss.IndexIVF, n: int) -> np.ndarray:
 
 
 def losses(
-    index: VectorIndex, queries: np.ndarray, truth: np.ndarray, probe_counts: list[int]
+    index: VectorIndex,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    probe_counts: list[int],
+    spreads: list[float],
 ) -> list[dict]:
     owners = lists_of_each_id(index.ivf, len(index))
+    sizes = np.array([index.ivf.invlists.list_size(number) for number in range(index.lists)])
     hub_list = np.full((len(queries), 1), index.lists)  # no list if there is no hub list
     hubs = np.empty((len(queries), 0)) if index.hubs is None else index.hubs.top(queries, 10)[1]
     rows = []
-    for probes in probe_counts:
-        lists = np.hstack((index.probed(queries, probes), hub_list))
-        row = {"probes": probes, "routing": _routed(owners[truth], lists)}
+    for weight, probes in itertools.product(spreads, probe_counts):
+        vectors.SPREAD_WEIGHT = weight  # read by the product's routing at each search
+        probed = index.probed(queries, probes)
+        lists = np.hstack((probed, hub_list))
+        row = {"spread_weight": weight, "probes": probes}
+        row["codes_scanned"] = int(sizes[probed].sum(axis=1).mean())
+        row["routing"] = _routed(owners[truth], lists)
         for wanted in (1_000, 3_000, 10_000):
             candidates = best_distinct(*index.scan(queries, 2 * wanted, probes), wanted)[1]
             row[f"candidates_{wanted}"] = _share(truth, np.hstack((candidates, hubs)))
@@ -160,6 +173,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where the float16 vectors file is written")
     parser.add_argument("--keep", type=Path, help="where the built index is kept for later runs")
     parser.add_argument("--probes", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    parser.add_argument(
+        "--spread", type=float, nargs="+", default=[vectors.SPREAD_WEIGHT], help="SPREAD_WEIGHT"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -168,7 +184,7 @@ def main() -> None:
         folder = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
         index, queries, truth = prepared(args.n, folder, keep=bool(args.keep))
         seconds = round(time.perf_counter() - started)
-        rows = losses(index, queries, truth, args.probes)
+        rows = losses(index, queries, truth, args.probes, args.spread)
     print(json.dumps({"n": args.n, "index": index.kind, "seconds": seconds, "rows": rows}))
 
 

@@ -40,6 +40,12 @@ such strangers, so the SPILL_SHARE of each added batch that fit their list worst
 second nearest list too, as ScaNN's spilled assignments do: 72 bytes more for each, 96 bytes an
 image at 10M; recall@10 at 10M, 1,024 probes, from 0.926 to 0.949. A query takes twice its
 candidates by code, and each id once (_found, best_distinct).
+
+Why routing weighs how wide a list is: what a query finds in a list is its farthest image along
+the query, not its centroid, and a list whose images scatter widely holds images far along
+any direction. So each list's score adds
+SPREAD_WEIGHT standard deviations of its scatter along the query (spread): at 10M, recall@10
+0.962 from 640 probes in 8.5 ms, where 1,280 without it reach 0.958 in 10.2 ms.
 """
 
 from __future__ import annotations
@@ -84,6 +90,12 @@ REACH_CANDIDATES = 4  # of a list's images by code, scored exactly for its reach
 # Of each batch added to a compressed index, the images that fit their subject list worst, which
 # also go into their second nearest (README, "Where 10M loses it now"): 72 more bytes each.
 SPILL_SHARE = 0.2
+# Routing counts on a list's images far along the query, not on its centroid alone: it adds
+# this many standard deviations of the list's scatter along the query (probed, spread). At 10M,
+# 1,000 queries, 640 probes: recall@10 0.957 at 5, 0.962 at 10; without, 0.945 at 768 probes
+# (README, "Where 10M loses it now").
+SPREAD_WEIGHT = 10
+SPREAD_SAMPLE = 16  # images a list, read from disk for its spread
 
 
 def ideal_lists(n: int) -> int:
@@ -111,13 +123,14 @@ def subquantizers(dim: int) -> int:
 
 
 def default_probes(lists: int, compressed: bool = False) -> int:
-    """A thirty-second of the lists; 3/128 of a compressed index's, 768 of 32,768 at 10M. Its
+    """A thirty-second of the lists; 5/256 of a compressed index's, 640 of 32,768 at 10M. Its
     small lists hold about one subject each, but a text query's exact top 10 also holds
-    strangers from lists its routing ranks in the thousands: at 10M, with a fifth of the
-    images in two lists and RERANK candidates, recall@10 0.934 at 512 probes, 0.958 at 768
-    and 0.957 at 1,024 (README, "Where 10M loses it now"). Set when an index is loaded, not
-    kept in its file: an index built by an earlier release searches as this one does."""
-    return max(32, lists * 3 // 128 if compressed else lists // 32)
+    strangers from lists its routing ranks in the hundreds: at 10M, routed with the lists'
+    spread, RERANK candidates, recall@10 of 1,000 queries 0.959 at 512 probes (8.3 ms), 0.962
+    at 640 (8.5 ms), 0.964 at 768 (9.5 ms) (README, "Where 10M loses it now"). Set when an
+    index is loaded, not kept in its file: an index built by an earlier release searches as
+    this one does."""
+    return max(32, lists * 5 // 256 if compressed else lists // 32)
 
 
 class Allowed:
@@ -213,6 +226,7 @@ class VectorIndex:
         self.hubs = None if self.hub is None or half is None else Hubs.read(index, self.lists, half)
         self._assigner: faiss.Index | None = None  # see _subjects
         self._reach: np.ndarray | None = None  # see reach
+        self._spread: np.ndarray | None = None  # see spread
         self._held: int | None = None  # see __len__
         self._gpu: GpuFlat | None = None
 
@@ -310,7 +324,7 @@ class VectorIndex:
                 self._held = held + len(ids)
             else:
                 self.index.add_with_ids(vectors, ids)
-            self._gpu = self._reach = None
+            self._gpu = self._reach = self._spread = None
 
     def _add_to_lists(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """A hub (its inner product with the hub centroid 1 or more: _hub_for) goes to the hub
@@ -346,7 +360,7 @@ class VectorIndex:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             if self.hubs is not None:
                 self.hubs.remove(ids)
-            self._gpu = self._reach = self._held = None
+            self._gpu = self._reach = self._spread = self._held = None
 
     def search(
         self, query: np.ndarray, k: int, allowed: Allowed | None = None
@@ -403,9 +417,9 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The IVF's top k of each query by code, in its `probes` nearest lists (probed): not
         in the hub list, whose images Hubs scores exactly."""
-        ivf = self.ivf
-        if self.hub is None:
-            return ivf.search(queries, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=probes))
+        if not self.is_compressed:
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=probes)
+            return self.ivf.search(queries, k, params=params)
         return self._preassigned(queries, k, self.probed(queries, probes), sel)
 
     def _preassigned(
@@ -426,29 +440,39 @@ class VectorIndex:
         return scores, ids
 
     def probed(self, queries: np.ndarray, probes: int) -> np.ndarray:
-        """Each query's `probes` lists of a subject whose centroids score highest. With a hub
-        list, the lists are chosen by the query less its part along the text direction t: that
-        part ranks images by t·x whatever their subject, which the hub list answers for, and it
-        would spend probes on the lists whose centroids lean towards t (at 3M CLIP-like vectors,
-        128 probes and the hub list hold 0.938 of the exact top 10 routed by the whole query,
-        0.977 by the rest of it); to that rest's score each list adds REACH_WEIGHT · (q·t) ·
-        its reach along t, for the images below the hub list's cut (at 10M, 256 probes: 0.898
-        to 0.912 of the exact top 10 in the probed lists and the hub list). The centroids are
-        compared by one matrix product, not FAISS's search: 1.6 against 2.9 ms for one query
-        and 32,768 lists."""
-        if self.hub is None:
-            return self.ivf.quantizer.search(queries, probes)[1]
-        text = self.text
-        along = queries @ text
-        routed = queries - np.outer(along, text)
-        lean = REACH_WEIGHT * np.maximum(along, 0)  # image queries may not lean towards t
+        """Each query's `probes` subject lists by routing score: what the query's farthest image
+        in the list would score, estimated as the centroid's score plus SPREAD_WEIGHT standard
+        deviations of the list's scatter along the query (spread). A list's images scatter
+        about its centroid, and a wide list holds images far along any direction. The wide
+        lists are the large ones, so each probe scans more: at 10M, 1,000 queries, 768 probes
+        without it scan 327,000 codes and hold 0.953 of the exact top 10 (with the hub list),
+        640 with it 452,000 and 0.969, where 1,280 without scan 539,000 and hold 0.971 (README,
+        "Where 10M loses it now").
+
+        With a hub list, the lists are chosen by the query less its part along the text
+        direction t: that part ranks images by t·x whatever their subject, which the hub list
+        answers for, and it would spend probes on the lists whose centroids lean towards t (at
+        3M CLIP-like vectors, 128 probes and the hub list hold 0.938 of the exact top 10 routed
+        by the whole query, 0.977 by the rest of it); to that rest's score each list adds
+        REACH_WEIGHT · (q·t) · its reach along t, for the images below the hub list's cut (at
+        10M, 256 probes: 0.898 to 0.912 of the exact top 10 in the probed lists and the hub
+        list). The centroids are compared by one matrix product, not FAISS's search: 1.6
+        against 2.9 ms for one query and 32,768 lists."""
+        routed, lean = queries, np.zeros(len(queries), dtype=np.float32)
+        if self.hub is not None:
+            along = queries @ self.text
+            routed = queries - np.outer(along, self.text)
+            lean = REACH_WEIGHT * np.maximum(along, 0)  # image queries may not lean towards t
+        wide = SPREAD_WEIGHT * np.linalg.norm(routed, axis=1)  # spread is along one direction
+        reach = self.reach if self.hub is not None else np.zeros(self.lists, dtype=np.float32)
         centroids = faiss.downcast_index(self.ivf.quantizer).get_xb()
         centroids = faiss.rev_swig_ptr(centroids, self.lists * self.dim).reshape(self.lists, -1)
         lists = np.empty((len(queries), probes), dtype=np.int64)
         for start in range(0, len(queries), 256):  # 32 MB of scores at 32,768 lists
-            scores = routed[start : start + 256] @ centroids.T
-            scores += np.outer(lean[start : start + 256], self.reach)
-            lists[start : start + 256] = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
+            block = slice(start, start + 256)
+            scores = routed[block] @ centroids.T
+            scores += np.outer(lean[block], reach) + np.outer(wide[block], self.spread)
+            lists[block] = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
         return lists
 
     @property
@@ -475,6 +499,37 @@ class VectorIndex:
                 block[found] = self.half.read(ids[found]) @ text
             self._reach = along.max(axis=1)
         return self._reach
+
+    @property
+    def spread(self) -> np.ndarray:
+        """How widely each subject list's images scatter about their mean along one direction:
+        their scatter √(1 - |mean|²) (unit vectors) over √d. The mean's square comes from the
+        inner products between SPREAD_SAMPLE of the list's images, spaced evenly through it
+        and read from disk; 0 for a list of fewer than two. Found with the reach, by the first
+        query after the index is loaded or changed: 2.3 s at 10M (524,288 rows)."""
+        if self._spread is None:
+            self._spread = np.zeros(self.lists, dtype=np.float32)
+            for start in range(0, self.lists, 4096):  # 65,536 rows: 128 MB at 512-d
+                numbers = range(start, min(self.lists, start + 4096))
+                samples = [_spaced(_list(self.ivf, number), SPREAD_SAMPLE) for number in numbers]
+                self._spread[numbers] = self._scatter(samples) / math.sqrt(self.dim)
+        return self._spread
+
+    def _scatter(self, samples: list[np.ndarray]) -> np.ndarray:
+        """√(1 - |mean|²) of each sample's rows, |mean|² without bias: the mean inner product
+        of two different rows, (|Σx|² - Σ|x|²) / (s(s - 1))."""
+        sizes = np.array([len(ids) for ids in samples])
+        scatter = np.zeros(len(samples), dtype=np.float32)
+        some = sizes > 1
+        if some.any():
+            rows = self.half.read(np.concatenate([ids for ids in samples if len(ids) > 1]))
+            starts = np.cumsum(sizes[some]) - sizes[some]
+            sums = np.add.reduceat(rows, starts)
+            squares = np.add.reduceat(np.einsum("ij,ij->i", rows, rows), starts)
+            pairs = sizes[some] * (sizes[some] - 1)
+            mean_square = (np.einsum("ij,ij->i", sums, sums) - squares) / pairs
+            scatter[some] = np.sqrt(np.maximum(1 - mean_square, 0))
+        return scatter
 
     def neighbours(self, queries: np.ndarray, k: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest (scores, ids) of each of many queries, an IVF probing `probes` lists
@@ -590,6 +645,14 @@ def _list(ivf: faiss.IndexIVF, number: int, codes: bool = False) -> np.ndarray:
     if codes:
         return faiss.rev_swig_ptr(lists.get_codes(number), size * ivf.code_size).copy()
     return faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+
+
+def _spaced(ids: np.ndarray, count: int) -> np.ndarray:
+    """`count` of `ids` spaced evenly through them (all, if fewer): a list holds its images in
+    the order they were added, and neighbours in that order are often of one event."""
+    if len(ids) <= count:
+        return ids
+    return ids[np.linspace(0, len(ids) - 1, count).astype(np.int64)]
 
 
 def _train_ivf(vectors: np.ndarray, lists: int) -> faiss.IndexIVFFlat:

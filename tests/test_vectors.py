@@ -357,6 +357,36 @@ def test_routing_leans_towards_the_lists_that_reach_along_the_text_direction(
     assert leaning > routed() + 0.01  # measured: 0.951 -> 0.969
 
 
+def test_each_list_spreads_as_far_as_its_images_scatter(
+    data, hubbed: VectorIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list's spread, from a sample of its images read from disk, is their scatter about
+    their mean; routing weighs it, and a changed index finds it again."""
+    _, images, queries = data
+    members: dict[int, list[int]] = {}
+    for i, numbers in owners(hubbed).items():
+        for number in numbers:
+            members.setdefault(number, []).append(i)
+    scatter = np.zeros(hubbed.lists)
+    for number, found in members.items():
+        if number < hubbed.lists and len(found) > 1:
+            mean = images[(np.array(found) - 7) // 3].mean(axis=0)
+            scatter[number] = np.sqrt(1 - mean @ mean)
+    spread = hubbed.spread * np.sqrt(DIM)
+    assert np.corrcoef(spread, scatter)[0, 1] > 0.9  # measured: 0.97
+    assert abs(spread.mean() / scatter.mean() - 1) < 0.1  # measured: 1.06 (samples of ~17)
+    wide = {}
+    for weight in (0, 100):
+        monkeypatch.setattr(vectors_module, "SPREAD_WEIGHT", weight)
+        wide[weight] = hubbed.spread[hubbed.probed(queries, 16)].mean()
+    assert wide[100] > wide[0] * 1.1  # measured: 1.26 times as wide
+    hubbed.save(tmp_path / "vectors.faiss")
+    loaded = VectorIndex.load(tmp_path / "vectors.faiss", hubbed.half)
+    number = int(np.argmax(loaded.spread))
+    loaded.remove(members[number][: len(members[number]) - 1])
+    assert loaded.spread[number] == 0  # one image left: no scatter
+
+
 def found_share(wanted: list[list[int]], lists: np.ndarray) -> float:
     """The share of images (each given by the lists it is in) that one of `lists` holds."""
     return float(np.mean([np.isin(numbers, lists).any() for numbers in wanted]))
