@@ -127,14 +127,15 @@ def subquantizers(dim: int) -> int:
 
 
 def default_probes(lists: int, compressed: bool = False) -> int:
-    """A thirty-second of the lists; 5/256 of a compressed index's, 640 of 32,768 at 10M. Its
+    """A thirty-second of the lists; 3/256 of a compressed index's, 384 of 32,768 at 10M. Its
     small lists hold about one subject each, but a text query's exact top 10 also holds
-    strangers from lists its routing ranks in the hundreds: at 10M, routed with the lists'
-    spread, RERANK candidates, recall@10 of 1,000 queries 0.959 at 512 probes (8.3 ms), 0.962
-    at 640 (8.5 ms), 0.964 at 768 (9.5 ms) (README, "Where 10M loses it now"). Set when an
-    index is loaded, not kept in its file: an index built by an earlier release searches as
-    this one does."""
-    return max(32, lists * 5 // 256 if compressed else lists // 32)
+    strangers from lists its routing ranks in the hundreds. At 10M, trained on 8 a list and
+    routed by the lists' spread, recall@10 of 1,000 queries was 0.959 at 512 probes, 0.962 at
+    640; trained on 16 a list, the probed lists hold as much of the exact top 10 from fewer
+    (0.983 at 512, estimated), and fewer codes cost less time (README, "Where 10M loses it
+    now"). Set when an index is loaded, not kept in its file: an index built by an earlier
+    release searches as this one does."""
+    return max(32, lists * 3 // 256 if compressed else lists // 32)
 
 
 class Allowed:
