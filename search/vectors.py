@@ -465,20 +465,21 @@ class VectorIndex:
         10M, 256 probes: 0.898 to 0.912 of the exact top 10 in the probed lists and the hub
         list). The centroids are compared by one matrix product, not FAISS's search: 1.6
         against 2.9 ms for one query and 32,768 lists."""
-        routed, lean = queries, np.zeros(len(queries), dtype=np.float32)
+        routed = queries
         if self.hub is not None:
             along = queries @ self.text
             routed = queries - np.outer(along, self.text)
             lean = REACH_WEIGHT * np.maximum(along, 0)  # image queries may not lean towards t
         wide = SPREAD_WEIGHT * np.linalg.norm(routed, axis=1)  # spread is along one direction
-        reach = self.reach if self.hub is not None else np.zeros(self.lists, dtype=np.float32)
         centroids = faiss.downcast_index(self.ivf.quantizer).get_xb()
         centroids = faiss.rev_swig_ptr(centroids, self.lists * self.dim).reshape(self.lists, -1)
         lists = np.empty((len(queries), probes), dtype=np.int64)
         for start in range(0, len(queries), 256):  # 32 MB of scores at 32,768 lists
             block = slice(start, start + 256)
             scores = routed[block] @ centroids.T
-            scores += np.outer(lean[block], reach) + np.outer(wide[block], self.spread)
+            scores += np.outer(wide[block], self.spread)
+            if self.hub is not None:
+                scores += np.outer(lean[block], self.reach)
             lists[block] = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
         return lists
 
@@ -529,7 +530,7 @@ class VectorIndex:
         scatter = np.zeros(len(samples), dtype=np.float32)
         some = sizes > 1
         if some.any():
-            rows = self.half.read(np.concatenate([ids for ids in samples if len(ids) > 1]))
+            rows = self.half.read(np.concatenate([samples[i] for i in np.flatnonzero(some)]))
             starts = np.cumsum(sizes[some]) - sizes[some]
             sums = np.add.reduceat(rows, starts)
             squares = np.add.reduceat(np.einsum("ij,ij->i", rows, rows), starts)
