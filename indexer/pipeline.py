@@ -33,12 +33,13 @@ from indexer.scan import FoundFile
 from indexer.slots import PixelSlots, WorkerSlots
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, InputLayout, decode_for_model
-from search.sandbox import StderrCapture, describe_exit, limit_resources, processes
+from search.sandbox import StderrCapture, describe_exit, limit_resources, preload, processes
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-FILE_SECONDS = 60  # a worker that spends longer on one file is stopped, as if it had died
+preload(__name__)  # what each worker runs, imported once by the fork server
+CHUNK_SECONDS = 60  # a worker that spends longer on one chunk is stopped, as if it had died
 
 
 @dataclass
@@ -121,13 +122,19 @@ class _Worker:
     process: Any
     conn: Connection
     row: int  # in the pixel slots
-    held: deque[int] = field(default_factory=deque)  # sequence numbers, in the order it works
-    since: float = field(default_factory=time.monotonic)  # when its current file began
+    held: deque[list[int]] = field(default_factory=deque)  # chunks, in the order it works
+    since: float = field(default_factory=time.monotonic)  # when its current chunk began
+
+    @property
+    def files(self) -> int:
+        return sum(map(len, self.held))
 
 
 class _Pool:
     """Worker processes fed chunks of files through their own pipes, so the main process always
-    knows which file each one is on."""
+    knows which chunk each one is on. A chunk's results come back in one message: a message (and
+    a wake-up of the receiving thread) per file held decoding alone to 3,650 img/s on 2 cores,
+    against 4,200 this way. Of a chunk whose worker died, each file is tried again alone."""
 
     def __init__(self, size: int, depth: int, setup: tuple[KnownContent, InputLayout, int]) -> None:
         self.size = size
@@ -139,8 +146,8 @@ class _Pool:
     def run(self, files: Sequence[FoundFile], chunk: int, buffer: int) -> Iterator[Item]:
         """Results in the order workers finish them. A thread of this process receives them, so
         workers keep decoding while the caller encodes (their pipes hold less than one image);
-        at most `buffer` results wait for the caller."""
-        results: queue.Queue[Item | BaseException | None] = queue.Queue(buffer)
+        about `buffer` results wait for the caller."""
+        results: queue.Queue[list[Item] | BaseException | None] = queue.Queue(buffer // chunk)
         stop = threading.Event()
         receiver = threading.Thread(
             target=self._receive_all,
@@ -150,10 +157,10 @@ class _Pool:
         )
         receiver.start()
         try:
-            while (item := results.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (done := results.get()) is not None:
+                if isinstance(done, BaseException):
+                    raise done
+                yield from done
         finally:
             stop.set()
             receiver.join()
@@ -162,10 +169,10 @@ class _Pool:
         self,
         files: Sequence[FoundFile],
         chunk: int,
-        results: queue.Queue[Item | BaseException | None],
+        results: queue.Queue[list[Item] | BaseException | None],
         stop: threading.Event,
     ) -> None:
-        def hand_over(item: Item | BaseException | None) -> bool:
+        def hand_over(item: list[Item] | BaseException | None) -> bool:
             while not stop.is_set():  # the caller may have stopped taking them
                 with contextlib.suppress(queue.Full):
                     results.put(item, timeout=0.1)
@@ -173,15 +180,15 @@ class _Pool:
             return False
 
         try:
-            with contextlib.closing(self._items(files, chunk, stop)) as items:
-                if all(hand_over(item) for item in items):
+            with contextlib.closing(self._chunks(files, chunk, stop)) as chunks:
+                if all(hand_over(done) for done in chunks):
                     hand_over(None)
         except BaseException as exc:  # raised again in the caller's thread
             hand_over(exc)
 
-    def _items(
+    def _chunks(
         self, files: Sequence[FoundFile], chunk: int, stop: threading.Event
-    ) -> Iterator[Item]:
+    ) -> Iterator[list[Item]]:
         todo = deque(
             list(range(start, min(start + chunk, len(files))))
             for start in range(0, len(files), chunk)
@@ -221,25 +228,26 @@ class _Pool:
         sent a chunk while holding more than depth - chunk overwrote pixels still unread, and
         files were stored with other files' vectors)."""
         for worker in self.workers:
-            while todo and len(worker.held) + len(todo[0]) <= self.depth:
+            while todo and worker.files + len(todo[0]) <= self.depth:
                 seqs = todo.popleft()
                 if not worker.held:
                     worker.since = time.monotonic()
-                worker.conn.send([(seq, files[seq]) for seq in seqs])
-                worker.held.extend(seqs)
+                worker.conn.send([files[seq] for seq in seqs])
+                worker.held.append(seqs)
 
-    def _receive(self, worker: _Worker) -> Iterator[Item]:
+    def _receive(self, worker: _Worker) -> Iterator[list[Item]]:
+        assert self.slots is not None
         try:
             while worker.conn.poll():
-                _seq, item, slot, noise = worker.conn.recv()  # in the order the files were sent
+                results = worker.conn.recv()  # a chunk's, in the order its files were sent
                 worker.held.popleft()
                 worker.since = time.monotonic()
-                if isinstance(item, Loaded):
-                    assert self.slots is not None
-                    item.pixels = self.slots.take(worker.row, slot)
-                if noise:
-                    log.debug("decoder output for %s: %s", item.file.path, noise)
-                yield item
+                for item, slot, noise in results:
+                    if isinstance(item, Loaded):
+                        item.pixels = self.slots.take(worker.row, slot)
+                    if noise:
+                        log.debug("decoder output for %s: %s", item.file.path, noise)
+                yield [item for item, _, _ in results]
         except (EOFError, OSError):
             pass  # it died: the next round finds it dead and replaces it
 
@@ -249,9 +257,10 @@ class _Pool:
         todo: deque[list[int]],
         files: Sequence[FoundFile],
         retried: set[int],
-    ) -> Iterator[Item]:
-        """The file a dead (or stuck) worker was on is retried alone once, then failed; the
-        files it held after that go back to the front of the queue."""
+    ) -> Iterator[list[Item]]:
+        """Each file of the chunk a dead (or stuck) worker was on is retried alone once; a file
+        that kills its worker alone is failed. The chunks it held after that go back to the
+        front of the queue."""
         yield from self._receive(worker)  # what it finished before it died
         worker.process.kill()
         worker.process.join()
@@ -261,24 +270,23 @@ class _Pool:
         if not worker.held:
             return
         current, *rest = worker.held
-        if rest:
-            todo.appendleft(rest)
-        if current in retried:
-            yield Failed(files[current], f"the decoder crashed ({why})")
+        todo.extendleft(reversed(rest))
+        if len(current) == 1 and current[0] in retried:
+            yield [Failed(files[current[0]], f"the decoder crashed ({why})")]
         else:
-            retried.add(current)
-            todo.appendleft([current])
+            retried.update(current)
+            todo.extendleft([seq] for seq in reversed(current))
 
 
 def _overdue(worker: _Worker) -> bool:
-    return bool(worker.held) and time.monotonic() - worker.since > FILE_SECONDS
+    return bool(worker.held) and time.monotonic() - worker.since > CHUNK_SECONDS
 
 
 def _work(
     conn: Connection, setup: tuple[KnownContent, InputLayout, int], slots: WorkerSlots
 ) -> None:
-    """A worker's life: chunks of (sequence number, file) in, one (number, result, slot) out
-    per file, the pixels in the slot, until the main process goes away."""
+    """A worker's life: chunks of files in, a list of (result, slot, decoder output) out per
+    chunk, the pixels in the slots, until the main process goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
     _die_with_parent()
     slots.open()  # before the memory cap, which counts what is mapped by then as its base
@@ -290,8 +298,9 @@ def _work(
             chunk = conn.recv()
         except (EOFError, OSError):
             return
-        _read_ahead(file for _, file in chunk)
-        for seq, file in chunk:
+        _read_ahead(chunk)
+        results = []
+        for file in chunk:
             try:
                 item = load_file(file, known, layout, max_pixels)
             except Exception as exc:  # a bug here must cost one file, not the run
@@ -299,7 +308,8 @@ def _work(
             slot = -1
             if isinstance(item, Loaded):
                 slot, item.pixels = slots.put(item.pixels), _IN_SLOT
-            conn.send((seq, item, slot, stderr.drain()))
+            results.append((item, slot, stderr.drain()))
+        conn.send(results)
 
 
 def _read_ahead(files: Iterable[FoundFile]) -> None:

@@ -131,4 +131,4 @@ def _insert_tags(session: Session, ids: list[int], vectors: np.ndarray, prompts:
         for index, probability in tags
     ]
     if rows:
-        session.execute(insert(ImageTag), rows)
+        session.execute(insert(ImageTag.__table__), rows)

@@ -3,7 +3,8 @@ file or upload can take the calling process down.
 
 Pillow's own checks refuse the bombs they know; this bounds the ones nobody knows yet (a decoder
 bug, a format quirk). The children are forked from a small server process that has imported only
-the imaging code, not torch: they start in milliseconds and their address space is their own.
+what they run (the imaging code, the decode worker), not torch: they start in milliseconds and
+their address space is their own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -29,10 +31,28 @@ DECODE_SECONDS = 20  # CPU seconds a decode may take; a 150 MP PNG takes about 3
 CONCURRENT_DECODES = 2  # children at once (2 cores here): together at most 2 x DECODE_MEMORY
 
 processes = multiprocessing.get_context("forkserver")
-# "__main__" too: else every child would import the program's main module again.
-processes.set_forkserver_preload(["__main__", "search.imaging"])
+# The modules the fork server imports once, for every child it forks. "__main__" asks it for the
+# program's main module, but Python drops that request until CPython gh-126631 (3.11 here), and
+# each child runs the main script again: a program whose script imports much names those modules
+# with `preload` (clipsearch's console script imported clipsearch.cli in every decode worker,
+# 0.36 s of CPU each).
+_PRELOADED = ["__main__", "search.imaging"]
+processes.set_forkserver_preload(_PRELOADED)
 _slots = threading.BoundedSemaphore(CONCURRENT_DECODES)
 T = TypeVar("T")
+
+
+def preload(*modules: str) -> None:
+    """Have the fork server import `modules` too, once, before it forks children (for a server
+    started after this call)."""
+    _PRELOADED.extend(name for name in modules if name not in _PRELOADED)
+    processes.set_forkserver_preload(_PRELOADED)
+
+
+def start_fork_server() -> None:
+    """Start the fork server and its imports now, so that they overlap the caller's own work
+    (loading a model) instead of delaying the first child."""
+    forkserver.ensure_running()
 
 
 def limit_resources(memory: int = DECODE_MEMORY, cpu_seconds: int | None = None) -> None:

@@ -131,15 +131,16 @@ def test_a_killed_decode_worker_is_replaced_and_the_run_completes(tmp_path: Path
     assert (summary["added"], summary["failed"]) == (160, 0)
 
 
+@pytest.mark.parametrize("batch_size", [2, 8])  # chunks of 1 file, and 1 chunk of 4 files
 def test_a_file_that_hangs_its_decoder_is_retried_alone_then_failed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
 ) -> None:
-    monkeypatch.setattr(pipeline, "FILE_SECONDS", 1.5)
+    monkeypatch.setattr(pipeline, "CHUNK_SECONDS", 1.5)
     paths = draw_photos(tmp_path, 3, seed=9)
     os.mkfifo(tmp_path / "stuck.jpg")  # reading it blocks forever, like a hung decoder
     files = [FoundFile(str(tmp_path), p.name, p.stat().st_size, 0) for p in paths]
     files.insert(1, FoundFile(str(tmp_path), "stuck.jpg", 0, 0))
-    batches = load_batches(files, InputLayout(64), KnownContent([]), 2, 1)
+    batches = load_batches(files, InputLayout(64), KnownContent([]), batch_size, 1)
     items = [item for batch in batches for item in batch]
     assert sorted(item.file.path for item in items) == sorted(file.path for file in files)
     failed = [item for item in items if isinstance(item, Failed)]
