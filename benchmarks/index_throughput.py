@@ -124,7 +124,7 @@ def main() -> None:
         from search.model import Encoder
 
         encoder = Encoder(ModelSpec.from_args(model, "none"), args.device)
-        batch_size = args.batch_size or (256 if encoder.device.type == "cuda" else 32)
+        batch_size = args.batch_size or encoder.batch_size
         naive(encoder, paths[:batch_size])  # warm-up: both timed runs find the model ready
         slow = naive(encoder, paths)
         fast = clipsearch(encoder, folder, batch_size, args.workers)

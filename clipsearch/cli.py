@@ -156,7 +156,8 @@ def cli() -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 4096),
-    help="Images per encoder call (256 on CUDA or with --ray, else 32).",
+    help="Images per encoder call (256 on CUDA or with --ray; on a CPU 32 at 224 px, more for "
+    "smaller inputs, at most 256).",
 )
 @click.option(
     "--workers",

@@ -40,7 +40,7 @@ def rebuild(
         collection.begin_rebuild(spec)
         todo = _remaining(collection)
         if todo:
-            _embed(collection, spec, todo, device, batch_size or 32, max_pixels, progress)
+            _embed(collection, spec, todo, device, batch_size, max_pixels, progress)
         collection.switch_model()
     return len(todo)
 
@@ -62,7 +62,7 @@ def _embed(
     spec: ModelSpec,
     todo: dict[FoundFile, int],
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     max_pixels: int,
     progress: bool | None,
 ) -> None:
@@ -70,8 +70,9 @@ def _embed(
 
     spec.verify_files()  # a checkpoint that changed since it was named says so first
     encoder = Encoder(spec, device)
+    size = batch_size or encoder.batch_size
     batches = load_batches(
-        list(todo), encoder.layout, KnownContent([]), batch_size, default_workers(), max_pixels
+        list(todo), encoder.layout, KnownContent([]), size, default_workers(), max_pixels
     )
     no_bar = None if progress is None else not progress
     with tqdm(total=len(todo), unit="img", desc="rebuilding", disable=no_bar) as bar:

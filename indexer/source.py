@@ -47,7 +47,7 @@ class LocalSource:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.encoder = encoder
-        self.batch_size = batch_size or (256 if encoder.device.type == "cuda" else 32)
+        self.batch_size = batch_size or encoder.batch_size
         self.workers = default_workers() if workers is None else workers
         self.max_pixels = max_pixels
         self.staging = encoder.staging(self.batch_size)

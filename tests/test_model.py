@@ -15,7 +15,7 @@ from PIL import Image
 from search import text
 from search.errors import ModelError
 from search.imaging import decode, model_input
-from search.model import Encoder
+from search.model import Encoder, default_batch_size
 from search.spec import ModelSpec
 from tests.conftest import SAMPLES, TINY_CONFIG
 
@@ -179,3 +179,11 @@ def test_a_text_tower_packed_for_onednn_computes_what_open_clip_does(
         for rows in (1, 3, 20):
             ours = text.encode_text(packed, tokens[:rows])
             torch.testing.assert_close(ours, padded[:rows], atol=1e-5, rtol=1e-4)
+
+
+def test_a_cpu_batch_holds_the_pixels_of_32_images_of_224_px(encoder: Encoder) -> None:
+    assert default_batch_size("cpu", 224) == 32  # ViT-B-32 slows down with larger batches
+    assert default_batch_size("cpu", 336) == 14
+    assert default_batch_size("cpu", 64) == 256  # a small model: as many as 256, not 392
+    assert default_batch_size("cuda", 64) == default_batch_size("cuda", 336) == 256
+    assert encoder.batch_size == default_batch_size(encoder.device.type, encoder.layout.size)
