@@ -64,7 +64,8 @@ def naive(collection: Collection, prompts: Prompts, sample: int) -> float:
     for image_id in range(1, sample + 1):
         with collection.catalog.transaction() as session:
             vector = session.get(StoredVector, image_id).vector
-            for index, probability in prompts.tag(vector[None, :])[0]:
+            _, indexes, probabilities = prompts.tag(vector[None, :])
+            for index, probability in zip(indexes.tolist(), probabilities.tolist(), strict=True):
                 session.add(ImageTag(image_id=image_id, tag_id=index + 1, score=probability))
             session.get(ImageRecord, image_id).tagged = True
     seconds = time.perf_counter() - started

@@ -118,15 +118,17 @@ class Prompts:
         vectors = np.frombuffer(data, dtype=np.float32).reshape(-1, dim)
         return cls(vectors[1:], vectors[0], scale)
 
-    def tag(self, vectors: np.ndarray) -> list[list[tuple[int, float]]]:
-        """For each image vector, its tags (index in the vocabulary, probability), most
-        probable first: those at MIN_TAG_PROBABILITY or more, at most MAX_TAGS_PER_IMAGE."""
+    def tag(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The vectors' tags as three flat arrays: the vector's row, the tag's index in the
+        vocabulary, its probability. A vector's tags are those at MIN_TAG_PROBABILITY or more,
+        at most MAX_TAGS_PER_IMAGE, most probable first; rows come in order."""
         margins = vectors @ self.tags.T - (vectors @ self.neutral)[:, None]
         # float64: at a scale of 100 a far-off tag's exp(-logit) overflows float32.
         probabilities = 1 / (1 + np.exp(-self.scale * margins.astype(np.float64)))
-        kept = []
-        for row in probabilities:
-            passing = np.flatnonzero(row >= MIN_TAG_PROBABILITY)
-            best = passing[np.argsort(-row[passing], kind="stable")][:MAX_TAGS_PER_IMAGE]
-            kept.append([(int(index), float(row[index])) for index in best])
-        return kept
+        rows, tags = np.nonzero(probabilities >= MIN_TAG_PROBABILITY)
+        chosen = probabilities[rows, tags]
+        order = np.lexsort((tags, -chosen, rows))  # by row, then probability, then index
+        rows, tags, chosen = rows[order], tags[order], chosen[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place in its row's list
+        kept = rank < MAX_TAGS_PER_IMAGE
+        return rows[kept], tags[kept], chosen[kept]

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from search.errors import ImageError
 from search.imaging import decode, make_thumbnail
@@ -75,6 +75,42 @@ def test_exif_orientation_is_applied() -> None:
     picture = decode(encode(image, "JPEG", exif=exif.tobytes()))
     assert (picture.width, picture.height) == (20, 60)
     assert picture.taken_at is not None and picture.taken_at.year == 2021
+
+
+def quadrants(width: int = 320, height: int = 240) -> Image.Image:
+    """Four flat colours, so that any flip or turn puts a different one in each corner."""
+    image = Image.new("RGB", (width, height), (220, 30, 30))
+    image.paste((30, 200, 40), (width // 2, 0, width, height // 2))
+    image.paste((40, 40, 220), (0, height // 2, width // 2, height))
+    image.paste((230, 220, 40), (width // 2, height // 2, width, height))
+    return image
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_scaled_jpeg_has_pillows_pixels_upright(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(quadrants(), "JPEG", exif=exif.tobytes(), quality=95)
+    pillow = Image.open(io.BytesIO(data))
+    pillow.draft("RGB", (64, 64))
+    expected = ImageOps.exif_transpose(pillow)
+    picture = decode(data, min_side=64)
+    assert (picture.width, picture.height) == (expected.width * 2, expected.height * 2)
+    assert np.array_equal(np.asarray(picture.image), np.asarray(expected))
+
+
+def test_a_scaled_grey_jpeg_is_grey_rgb() -> None:
+    picture = decode(encode(Image.new("L", (400, 400), 77), "JPEG"), min_side=100)
+    assert picture.image.mode == "RGB" and picture.image.size == (100, 100)
+    assert picture.image.getpixel((50, 50)) == (77, 77, 77)
+
+
+def test_jpegs_libjpeg_turbo_alone_refuses_are_decoded_or_explained_by_pillow() -> None:
+    cmyk = decode(encode(Image.new("CMYK", (400, 300), (0, 255, 255, 0)), "JPEG"), min_side=64)
+    r, g, b = cmyk.image.getpixel((40, 30))
+    assert cmyk.image.size == (100, 75) and r > 200 and g < 60 and b < 60
+    with pytest.raises(ImageError, match=r"(?i)truncated"):
+        decode(TRUNCATED_JPEG, min_side=16)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from indexer.sync import Indexer
 from search.collection import Collection
 from search.model import Encoder
 from search.spec import ModelSpec
-from search.tags import Vocabulary
+from search.tags import MAX_TAGS_PER_IMAGE, Prompts, Vocabulary
 from tests.conftest import TINY_CONFIG, build, one_line, run_cli, serving
 
 # The rule as search/tags.py documents it, written out here as the oracle.
@@ -81,6 +81,28 @@ def api_tags(base: str, words: list[str]) -> dict[int, set[str]]:
     """Every image's tags as search results show them."""
     body = requests.get(f"{base}/api/search", params={"q": words[0], "k": 100}, timeout=30).json()
     return {hit["id"]: {tag["name"] for tag in hit["tags"]} for hit in body["results"]}
+
+
+def test_an_image_keeps_its_most_probable_tags_first_and_at_most_eight() -> None:
+    rng = np.random.default_rng(1)
+    vectors, tags = rng.standard_normal((40, 16)), rng.standard_normal((30, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tags /= np.linalg.norm(tags, axis=1, keepdims=True)
+    tags[7] = tags[3]  # a tie: the earlier tag first
+    rows, indexes, scores = Prompts(tags, np.zeros(16), 100.0).tag(vectors)
+    found: dict[int, list[int]] = {}
+    for row, index, score in zip(rows.tolist(), indexes.tolist(), scores.tolist(), strict=True):
+        found.setdefault(row, []).append(index)
+        assert score >= PROBABILITY
+    expected = {}
+    for row, vector in enumerate(vectors):
+        p = 1 / (1 + np.exp(-100.0 * (tags @ vector)))
+        best = sorted((i for i in range(len(tags)) if p[i] >= PROBABILITY), key=lambda i: -p[i])
+        if best:
+            expected[row] = best[:MAX_TAGS_PER_IMAGE]
+    assert found == expected and list(rows) == sorted(rows)
+    assert any(len(best) == MAX_TAGS_PER_IMAGE for best in expected.values())
+    assert any(3 in best and 7 in best for best in expected.values())
 
 
 def test_a_vocabulary_file_drives_the_facet_and_the_filter_and_changing_it_reads_no_image(
