@@ -31,13 +31,8 @@ from search.request import (
     DuplicatesRequest,
     SearchRequest,
 )
-from search.sandbox import preload
 from search.spec import ModelSpec
 
-if getattr(sys.modules["__main__"], "__spec__", None) is None:
-    # Run as the console script, which imports this module: each decode worker runs that script
-    # again (search/sandbox.py), unless their fork server has imported this module for them.
-    preload(__name__)
 log = logging.getLogger("clipsearch")
 T = TypeVar("T")
 

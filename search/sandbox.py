@@ -33,9 +33,9 @@ CONCURRENT_DECODES = 2  # children at once (2 cores here): together at most 2 x 
 processes = multiprocessing.get_context("forkserver")
 # The modules the fork server imports once, for every child it forks. "__main__" asks it for the
 # program's main module, but Python drops that request until CPython gh-126631 (3.11 here), and
-# each child runs the main script again: a program whose script imports much names those modules
-# with `preload` (clipsearch's console script imported clipsearch.cli in every decode worker,
-# 0.36 s of CPU each).
+# each child runs the main script again. A script should import little at its top level (the
+# `clipsearch` console script imports its command line inside `main`); a program whose script
+# imports much names those modules with `preload`.
 _PRELOADED = ["__main__", "search.imaging"]
 processes.set_forkserver_preload(_PRELOADED)
 _slots = threading.BoundedSemaphore(CONCURRENT_DECODES)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import TINY_ARGS, run_cli
@@ -63,3 +65,18 @@ def test_expected_errors_are_one_line_without_traceback(tmp_path: Path, photos: 
 
     no_query = run_cli("search", "--data-dir", str(tmp_path), check=False)
     assert no_query.returncode == 2
+
+
+def test_the_console_script_runs_and_its_top_level_imports_no_command_line() -> None:
+    """Each decode worker runs the program's script again, as `__mp_main__` (search/sandbox.py):
+    the installed `clipsearch` script must leave the command line, and torch, unimported."""
+    script = Path(sys.executable).parent / "clipsearch"
+    assert script.exists(), "install the project (pip install -e .) to get its console script"
+    usage = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and "index" in usage.stdout
+    as_a_worker = (
+        f"import runpy, sys; runpy.run_path({str(script)!r}, run_name='__mp_main__'); "
+        "print(sorted(m for m in ('clipsearch.cli', 'torch') if m in sys.modules))"
+    )
+    imported = subprocess.run([sys.executable, "-c", as_a_worker], capture_output=True, text=True)
+    assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported.stderr
