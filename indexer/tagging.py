@@ -84,7 +84,7 @@ class Tagger:
                 return 0
             ids, vectors = unpacked(rows)
             # The chunk is every untagged image up to its last id: a condition the statements
-            # can share, where binding the ids themselves cost SQLAlchemy 6 us each.
+            # can share, where binding the ids themselves cost SQLAlchemy about 6 us each.
             chunk = and_(UNTAGGED, ImageRecord.id <= int(ids[-1]))
             listed = select(ImageRecord.id).where(chunk)
             # Nothing of these is loaded in the session: there is nothing to synchronise.
