@@ -13,13 +13,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 THIS_TREE = Path(__file__).resolve().parent.parent
 
 
-def environment(tree: Path) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+def environment(tree: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (else this process's environment) with `tree` first on the path, offline."""
+    env = dict(os.environ if base is None else base, HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     return env
 
@@ -38,11 +40,12 @@ def start(tree: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def run_json(tree: Path, *args: str) -> dict:
-    """`python ARGS` inside `tree`; its last line of output is the JSON it reports."""
-    done = subprocess.run(
-        [sys.executable, *args], cwd=tree, env=environment(tree), text=True, capture_output=True
-    )
+def run_json(tree: Path, *args: str, base: Mapping[str, str] | None = None) -> dict:
+    """`python ARGS` inside `tree`, in `environment(tree, base)`; its last line of output is the
+    JSON it reports."""
+    command = [sys.executable, *args]
+    env = environment(tree, base)
+    done = subprocess.run(command, cwd=tree, env=env, text=True, capture_output=True)
     if done.returncode:
         raise SystemExit(f"{tree}: {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -31,6 +31,7 @@ from search.request import (
     DuplicatesRequest,
     SearchRequest,
 )
+from search.sandbox import start_fork_server
 from search.spec import ModelSpec
 
 log = logging.getLogger("clipsearch")
@@ -207,6 +208,9 @@ def index(
     # hold a core a worker needs (a light model indexed 15% slower); they must yield instead.
     # Read when torch loads, which is later.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not (use_ray or ray_address):
+        # The decode workers' server, whose imports (torch) take as long as this command's own.
+        start_fork_server()
 
     if bool(folders) == bool(catalog):
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")

@@ -1,10 +1,11 @@
 """Read → hash → decode → size for the model in worker processes, so the encoder never waits on
 files and no file can take the run down.
 
-Workers import no torch: they hand over uint8 pixels at the model's input size (a quarter of
-float32's bytes) and the encoder normalises them. Each worker's memory is capped; one that dies
-anyway (a decoder bug, the OOM killer, a stray SIGKILL) is replaced, the file it was on is tried
-once more on its own, and only a second death records it as failed.
+Workers hand over uint8 pixels at the model's input size (a quarter of float32's bytes), resized
+by torch's uint8 kernel (search/imaging.py; the fork server imports torch once for all of them),
+and the encoder normalises them. Each worker's memory is capped; one that dies anyway (a decoder
+bug, the OOM killer, a stray SIGKILL) is replaced, the file it was on is tried once more on its
+own, and only a second death records it as failed.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from indexer.source import default_workers, encoded
 from search.catalog import Failure, ImageRecord, Root
 from search.collection import Collection
 from search.imaging import DEFAULT_MAX_PIXELS
-from search.sandbox import start_fork_server
 from search.spec import ModelSpec
 
 NEXT_INSERT = text("INSERT INTO next_embeddings (id, vector) VALUES (:id, :vector)")
@@ -70,7 +69,6 @@ def _embed(
     from search.model import Encoder
 
     spec.verify_files()  # a checkpoint that changed since it was named says so first
-    start_fork_server()  # the decode workers' imports, while the model loads
     encoder = Encoder(spec, device)
     size = batch_size or encoder.batch_size
     batches = load_batches(

@@ -25,7 +25,6 @@ from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import ClipsearchError, CollectionError
 from search.imaging import DEFAULT_MAX_PIXELS
-from search.sandbox import start_fork_server
 
 if TYPE_CHECKING:
     from indexer.source import Source
@@ -140,8 +139,6 @@ class Indexer:
         return summary
 
     def _encode(self, todo: list[FoundFile], writer: Writer) -> None:
-        if self.ray is None:
-            start_fork_server()  # the decode workers' imports, while the model loads
         no_bar = None if self.progress is None else not self.progress
         with tqdm(total=len(todo), unit="img", desc="indexing", disable=no_bar, leave=False) as bar:
 

@@ -23,6 +23,7 @@ from PIL import Image
 from search import languages, text
 from search.errors import ModelError
 from search.imaging import InputLayout, model_input
+from search.sandbox import start_fork_server
 from search.spec import NO_WEIGHTS, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,9 @@ class Encoder:
 
     def __init__(self, spec: ModelSpec, device: str = "auto", exact: bool = False) -> None:
         """`exact`: float32 on any device, for comparing with open_clip's reference."""
+        # Every image this model sees is decoded by a child of the fork server: its imports
+        # (torch, 1.2 s) overlap the model's loading.
+        start_fork_server()
         self.spec = spec
         self.device = resolve_device(device)
         with contextlib.ExitStack() as stack:
@@ -268,8 +272,9 @@ class Encoder:
         pinned = self.device.type == "cuda"
         return torch.empty(shape, dtype=torch.uint8, pin_memory=pinned).numpy()
 
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.encode_pixels(np.stack([model_input(image, self.layout) for image in images]))
+    def encode_images(self, pictures: Sequence[np.ndarray]) -> np.ndarray:
+        """Encode upright (height, width, 3) uint8 RGB pictures of any size (`Picture.pixels`)."""
+        return self.encode_pixels(np.stack([model_input(p, self.layout) for p in pictures]))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -2,9 +2,10 @@
 file or upload can take the calling process down.
 
 Pillow's own checks refuse the bombs they know; this bounds the ones nobody knows yet (a decoder
-bug, a format quirk). The children are forked from a small server process that has imported only
-what they run (the imaging code, the decode worker), not torch: they start in milliseconds and
-their address space is their own.
+bug, a format quirk). The children are forked from a server process that has imported what they
+run (the imaging code with the torch it resizes with, the decode worker): they start in
+milliseconds and their address space is their own. The server's own start costs about 1.2 s
+(torch's import), so it is started early, beside the caller's own imports or model loading.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ processes = multiprocessing.get_context("forkserver")
 # each child runs the main script again. A script should import little at its top level (the
 # `clipsearch` console script imports its command line inside `main`); a program whose script
 # imports much names those modules with `preload`.
-_PRELOADED = ["__main__", "search.imaging"]
+_PRELOADED = ["__main__", "torch", "search.imaging"]
 processes.set_forkserver_preload(_PRELOADED)
 _slots = threading.BoundedSemaphore(CONCURRENT_DECODES)
 T = TypeVar("T")
@@ -57,7 +58,11 @@ def start_fork_server() -> None:
 
 def limit_resources(memory: int = DECODE_MEMORY, cpu_seconds: int | None = None) -> None:
     """Called in a child: cap its address space at what it has mapped now plus `memory` (an
-    allocation past it fails with MemoryError), and its CPU time (past it, SIGXCPU ends it)."""
+    allocation past it fails with MemoryError), its CPU time (past it, SIGXCPU ends it), and
+    torch to one thread: children run side by side, one a core."""
+    import torch  # preloaded
+
+    torch.set_num_threads(1)
     with open("/proc/self/statm") as statm:
         mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))
