@@ -7,7 +7,8 @@ server, and the status of every upload.
 CORPUS is, for instance, Pillow's Tests/images (fetch the Pillow repository; never commit those
 files), with every file also copied under a .png name so the indexer reads them all. The server
 is the same release serving the collection just indexed; the baseline for its memory is its own
-RSS before the first upload.
+before the first upload. Memory is proportional set size, summed over a process and its
+descendants (shared pages counted once), except the server's own high-water mark (RSS).
 """
 
 from __future__ import annotations
@@ -25,24 +26,32 @@ import uuid
 from pathlib import Path
 
 
-def tree_rss_kib(root: int) -> int:
-    """Resident memory of a process and all its descendants."""
+def tree_pss_kib(root: int) -> int:
+    """Memory of a process and all its descendants, each shared page counted once in all (their
+    proportional set sizes): the decoders share the fork server's pages, torch's among them,
+    and summing their resident sizes counted those once per process."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
         except (OSError, ValueError):
             continue
-        pid = int(fields["Pid"])
-        parents[pid] = int(fields["PPid"])
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+        parents[int(fields["Pid"])] = int(fields["PPid"])
     family, grew = {root}, True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in family} - family
         family |= more
         grew = bool(more)
-    return sum(rss.get(pid, 0) for pid in family)
+    return sum(_pss_kib(pid) for pid in family)
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:  # it ended meanwhile
+        return 0
+    fields = (line.split() for line in rollup.splitlines())
+    return next((int(field[1]) for field in fields if field[0] == "Pss:"), 0)
 
 
 def index(files: Path, data_dir: Path) -> dict[str, object]:
@@ -52,7 +61,7 @@ def index(files: Path, data_dir: Path) -> dict[str, object]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = 0
     while process.poll() is None:
-        peak = max(peak, tree_rss_kib(process.pid))
+        peak = max(peak, tree_pss_kib(process.pid))
         time.sleep(0.05)
     stdout, stderr = process.communicate()
     noise = [line for line in stderr.splitlines() if "RANDOM WEIGHTS" not in line]
@@ -61,7 +70,7 @@ def index(files: Path, data_dir: Path) -> dict[str, object]:
         "summary": json.loads(stdout.splitlines()[-1]) if process.returncode == 0 else None,
         "stderr_lines": len(noise),
         "traceback": "Traceback" in stderr,
-        "peak_rss_mb": round(peak / 1024, 1),
+        "peak_pss_mb": round(peak / 1024, 1),
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -99,12 +108,12 @@ def serve_and_upload(files: list[Path], data_dir: Path, port: int) -> dict[str, 
                 break
             except OSError:
                 time.sleep(0.3)
-        before = tree_rss_kib(server.pid)
+        before = tree_pss_kib(server.pid)
         statuses: collections.Counter[int] = collections.Counter()
         peak = 0
         for path in files:
             statuses[upload(url, path)] += 1
-            peak = max(peak, tree_rss_kib(server.pid))
+            peak = max(peak, tree_pss_kib(server.pid))
         alive = server.poll() is None and urllib.request.urlopen(f"{url}/healthz").status == 200
         hwm = _status_kib(server.pid, "VmHWM")
     finally:
@@ -114,9 +123,9 @@ def serve_and_upload(files: list[Path], data_dir: Path, port: int) -> dict[str, 
         "uploads": len(files),
         "statuses": dict(sorted(statuses.items())),
         "server_alive_after": alive,
-        "server_rss_before_mb": round(before / 1024, 1),
+        "server_and_decoders_pss_before_mb": round(before / 1024, 1),
         "server_peak_rss_mb": round(hwm / 1024, 1),
-        "server_and_decoders_peak_sampled_mb": round(peak / 1024, 1),
+        "server_and_decoders_peak_pss_mb": round(peak / 1024, 1),
     }
 
 
