@@ -183,7 +183,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def model_input(pixels: np.ndarray, layout: InputLayout) -> np.ndarray:
+def model_input(
+    pixels: np.ndarray, layout: InputLayout, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """The (size, size, 3) uint8 pixels open_clip's preprocessing would convert to floats, from
     a picture's upright pixels: the same target size (torchvision's rounding) and centre crop.
 
@@ -193,12 +195,12 @@ def model_input(pixels: np.ndarray, layout: InputLayout) -> np.ndarray:
     import torch  # the fork server preloads it: decode workers pay nothing for the import
 
     height, width = pixels.shape[:2]
-    if layout.squash:
-        target = (layout.size, layout.size)
-    elif width <= height:
-        target = (layout.size, int(layout.size * height / width))
-    else:
-        target = (int(layout.size * width / height), layout.size)
+    target = _resized_size(width, height, layout)
+    if target[0] * target[1] > max_pixels:  # a line a pixel thin, resized whole, then cropped
+        raise ImageError(
+            f"{width}x{height} resizes to {target[0]}x{target[1]} for the model, over the limit "
+            f"of {max_pixels:,} pixels"
+        )
     image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # channels last: no copy
     if target != (width, height):
         size = (target[1], target[0])
@@ -209,6 +211,14 @@ def model_input(pixels: np.ndarray, layout: InputLayout) -> np.ndarray:
     left = round((target[0] - layout.size) / 2.0)
     crop = image[0, :, top : top + layout.size, left : left + layout.size]
     return crop.permute(1, 2, 0).numpy().copy()  # (size, size, 3), in memory of its own
+
+
+def _resized_size(width: int, height: int, layout: InputLayout) -> tuple[int, int]:
+    if layout.squash:
+        return layout.size, layout.size
+    if width <= height:
+        return layout.size, int(layout.size * height / width)
+    return int(layout.size * width / height), layout.size
 
 
 @dataclass
@@ -225,7 +235,7 @@ def decode_for_model(
     data: bytes, layout: InputLayout, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Decoded:
     picture = decode(data, max_pixels, layout.min_side)
-    pixels = model_input(picture.pixels, layout)
+    pixels = model_input(picture.pixels, layout, max_pixels)
     return Decoded(pixels, picture.width, picture.height, picture.taken_at)
 
 

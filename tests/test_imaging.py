@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from search.errors import ImageError
-from search.imaging import decode, make_thumbnail
+from search.imaging import InputLayout, decode, decode_for_model, make_thumbnail
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -131,6 +131,15 @@ def test_pixel_limit_refuses_before_decoding() -> None:
     with pytest.raises(ImageError, match="over the limit"):
         decode(data, max_pixels=100_000)
     assert decode(data, max_pixels=120_000).width == 400
+
+
+def test_a_line_too_thin_to_resize_for_the_model_is_refused_in_one_line() -> None:
+    """open_clip resizes the shorter side to the model's and crops the centre: a 1x20000 line
+    would become 224x4,480,000 pixels first (3 GB), past the decoders' memory cap."""
+    line = encode(Image.new("RGB", (1, 20000), (90, 90, 90)), "PNG")
+    with pytest.raises(ImageError, match=r"^1x20000 resizes to 224x4480000 for the model, over"):
+        decode_for_model(line, InputLayout(224))
+    assert decode_for_model(line, InputLayout(224, squash=True)).pixels.shape == (224, 224, 3)
 
 
 def test_thumbnail_is_a_small_jpeg() -> None:
