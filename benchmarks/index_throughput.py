@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 # Both releases' command lines run in the environment a user has, not with the setting below:
 # this release's `clipsearch index` makes it itself, b4dcc8d does not (handed it, b4dcc8d indexed
-# 1,900-2,200 tiny-model img/s instead of the 1,550-1,900 its users get).
+# 1,900-2,250 tiny-model img/s in session 33 instead of the 1,420-2,020 its users get).
 USER_ENVIRONMENT = dict(os.environ)
 # As `clipsearch index` does: torch's idle threads sleep instead of spinning on the cores the
 # decode workers need (the in-process figure was 1,725 img/s spinning, 2,311 sleeping).
