@@ -8,6 +8,7 @@ of vectors increments; a mismatch after a crash is repaired by rebuilding from h
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +203,9 @@ class Catalog:
         self.read_only = read_only
         url = _read_only_url(path) if read_only else f"sqlite:///{path}"
         self.engine = create_engine(url, connect_args={"timeout": 30})
+        # Connections are closed with the catalog, and at exit: SQLite moves the write-ahead
+        # log into the catalog file when the last one closes.
+        weakref.finalize(self, self.engine.dispose)
         if not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -82,8 +82,13 @@ class Collection:
 
     def current_spec(self) -> ModelSpec:
         """The model as the manifest says now: servers ask it when the generation moves."""
-        manifest = _read_manifest(self.root)
-        return self.spec if manifest is None else ModelSpec.from_json(manifest["model"])
+        return self.recorded_spec(self.root) or self.spec
+
+    @staticmethod
+    def recorded_spec(data_dir: Path) -> ModelSpec | None:
+        """The model of the collection in `data_dir`, if there is one, read without opening it."""
+        manifest = _read_manifest(data_dir)
+        return None if manifest is None else ModelSpec.from_json(manifest["model"])
 
     def begin_rebuild(self, spec: ModelSpec) -> None:
         """Make room for `spec`'s vectors, keeping those of an interrupted rebuild to the same

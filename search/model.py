@@ -113,12 +113,16 @@ def _model_config(spec: ModelSpec) -> dict[str, Any] | None:
     return config
 
 
+def _hugging_face_tokenizer(name: str) -> bool:
+    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    return bool(text.get("hf_tokenizer_name"))
+
+
 def _tokenizer(spec: ModelSpec, name: str) -> Callable[..., torch.Tensor]:
     """open_clip's tokenizer for the model. A Hugging Face one comes from the same folder or hub
     repository as the text tower's config, so loading it first turns a missing package, network
     or file into one line before the model build would fail with a long traceback."""
-    text = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
-    from_hub = bool(text.get("hf_tokenizer_name")) and not spec.text_model
+    from_hub = _hugging_face_tokenizer(name) and not spec.text_model
     try:
         with _offline_unless_reachable(spec) if from_hub else contextlib.nullcontext():
             tokenizer = open_clip.get_tokenizer(name)
@@ -223,7 +227,11 @@ class Encoder:
         with contextlib.ExitStack() as stack:
             config = _model_config(spec)
             name = stack.enter_context(_registered_config(config)) if config else spec.architecture
-            self.tokenizer = _tokenizer(spec, name)  # first: it says in one line what is missing
+            self._tokenizer_name = name  # open_clip keeps a registered config's name
+            # A Hugging Face one first: it says in one line what is missing.
+            self._tokenizer: Callable[..., torch.Tensor] | None = (
+                _tokenizer(spec, name) if _hugging_face_tokenizer(name) else None
+            )
             model, self.preprocess = _create(spec, name)
         self.dtype = torch.float32 if exact else fast_dtype(self.device)
         self.model = model.to(self.device, dtype=self.dtype).eval()
@@ -236,6 +244,14 @@ class Encoder:
         self._scale = 1 / (255 * std)
         self._shift = -torch.tensor(mean, device=self.device).view(1, 3, 1, 1) / std
         log.info("model %s on %s (%s)", spec.describe(), self.device, self.dtype)
+
+    @property
+    def tokenizer(self) -> Callable[..., torch.Tensor]:
+        """open_clip's own BPE tokenizer is built when a text is first encoded: 0.1 s that an
+        indexing run whose collection has its tag prompts embedded already never spends."""
+        if self._tokenizer is None:
+            self._tokenizer = _tokenizer(self.spec, self._tokenizer_name)
+        return self._tokenizer
 
     @property
     def logit_scale(self) -> float:

@@ -51,33 +51,41 @@ class ModelSpec:
 
     @classmethod
     def from_args(
-        cls, model: str | None, pretrained: str | None, text_model: str | None = None
+        cls,
+        model: str | None,
+        pretrained: str | None,
+        text_model: str | None = None,
+        recorded: ModelSpec | None = None,
     ) -> ModelSpec:
         """Read `--model NAME|CONFIG.json`, `--pretrained TAG|FILE|none` and `--text-model
-        FOLDER`."""
-        spec = cls._from_model_args(model, pretrained)
+        FOLDER`. `recorded`: the model of the collection they are given for. What open_clip
+        checked when the collection recorded it (a name, a tag, a Hugging Face text tower) is
+        not checked again: importing open_clip takes about 3 s, five times what a re-run with
+        nothing to do takes without it."""
+        spec = cls._from_model_args(model, pretrained, recorded)
         if text_model is None:
             return spec
+        checked = _checked(recorded, spec.architecture, spec.config)
+        if not (checked and checked.text_model):
+            _check_hf_text(spec)
         folder = Path(text_model).resolve()
-        _check_hf_text(spec)
         return replace(spec, text_model=str(folder), text_model_sha256=text_model_digest(folder))
 
     @classmethod
-    def _from_model_args(cls, model: str | None, pretrained: str | None) -> ModelSpec:
-        import open_clip  # only here: opening an existing collection must not pay for it
-
+    def _from_model_args(
+        cls, model: str | None, pretrained: str | None, recorded: ModelSpec | None
+    ) -> ModelSpec:
         model = model or DEFAULT_MODEL
         config = None
         architecture = model
         if model.endswith(".json") or os.path.sep in model:
             config = _read_model_config(Path(model))
             architecture = Path(model).stem
-        elif open_clip.get_model_config(model) is None:
-            raise ModelError(
-                f"unknown model {model!r}: give an open_clip architecture "
-                f"(e.g. {DEFAULT_MODEL}) or the path of a model-config JSON file"
-            )
-        dim = int((config or open_clip.get_model_config(model))["embed_dim"])
+        checked = _checked(recorded, architecture, config)
+        if config is not None:
+            dim = int(config["embed_dim"])
+        else:
+            dim = checked.embed_dim if checked else _architecture_dim(model)
         if pretrained is None:
             pretrained = DEFAULT_PRETRAINED if config is None and model == DEFAULT_MODEL else ""
             if not pretrained:
@@ -92,12 +100,8 @@ class ModelSpec:
                 f"--pretrained {pretrained!r} is not a file; a model given as a config JSON "
                 "takes a local checkpoint file or 'none'"
             )
-        if not open_clip.get_pretrained_cfg(architecture, pretrained):
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"
-            raise ModelError(
-                f"--pretrained {pretrained!r} is neither a file nor a known tag of {architecture} "
-                f"(known tags: {tags})"
-            )
+        if not (checked and checked.pretrained == pretrained):
+            _check_tag(architecture, pretrained)
         return cls(architecture, pretrained, dim, config)
 
     def to_json(self) -> dict[str, Any]:
@@ -217,6 +221,39 @@ def text_model_digest(folder: Path) -> str:
         if (folder / name).is_file():
             digest.update(f"{name}\n{sha256_file(folder / name)}\n".encode())
     return digest.hexdigest()
+
+
+def _checked(
+    recorded: ModelSpec | None, architecture: str, config: dict[str, Any] | None
+) -> ModelSpec | None:
+    """`recorded`, if it is this architecture: open_clip checked its names when it was made."""
+    if recorded is None or (recorded.architecture, recorded.config) != (architecture, config):
+        return None
+    return recorded
+
+
+def _architecture_dim(name: str) -> int:
+    """The embedding width of an architecture open_clip knows by name."""
+    import open_clip  # only here: opening an existing collection must not pay for it
+
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ModelError(
+            f"unknown model {name!r}: give an open_clip architecture "
+            f"(e.g. {DEFAULT_MODEL}) or the path of a model-config JSON file"
+        )
+    return int(config["embed_dim"])
+
+
+def _check_tag(architecture: str, pretrained: str) -> None:
+    import open_clip
+
+    if not open_clip.get_pretrained_cfg(architecture, pretrained):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(architecture)) or "none"
+        raise ModelError(
+            f"--pretrained {pretrained!r} is neither a file nor a known tag of {architecture} "
+            f"(known tags: {tags})"
+        )
 
 
 def _check_hf_text(spec: ModelSpec) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import TINY_ARGS, run_cli
+from tests.conftest import TINY_ARGS, one_line, run_cli
 
 
 def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
@@ -18,6 +18,8 @@ def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
     assert set(summary) >= {"seconds", "images_per_second"}
     assert (summary["scanned"], summary["added"], summary["failed"]) == (12, 12, 0)
     assert "RANDOM WEIGHTS" in first.stderr
+    # The command exits with its catalog closed, its write-ahead log folded into the file.
+    assert not (tmp_path / "data" / "catalog.sqlite-wal").exists()
 
     again = json.loads(run_cli("index", str(photos), *data, "--json").stdout.splitlines()[-1])
     assert (again["added"], again["unchanged"]) == (0, 12)
@@ -80,3 +82,24 @@ def test_the_console_script_runs_and_its_top_level_imports_no_command_line() -> 
     )
     imported = subprocess.run([sys.executable, "-c", as_a_worker], capture_output=True, text=True)
     assert imported.returncode == 0 and imported.stdout.strip() == "[]", imported.stderr
+
+
+def test_a_rerun_naming_the_collections_own_model_leaves_open_clip_unimported(
+    tmp_path: Path,
+) -> None:
+    """The name and tag were checked with open_clip when the collection recorded them; checking
+    them again would import it, 3 s of a re-run that otherwise takes half a second."""
+    empty, data = tmp_path / "photos", str(tmp_path / "data")
+    empty.mkdir()
+    named = ["index", str(empty), "--data-dir", data, "--model", "ViT-B-32", "--pretrained", "none"]
+    run_cli(*named)
+    rerun = (
+        f"import sys; from clipsearch.cli import cli; cli.main({named!r}, standalone_mode=False); "
+        "print(sorted(m for m in ('open_clip', 'torch') if m in sys.modules))"
+    )
+    imported = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.splitlines()[-1] == "[]"
+
+    other_tag = [*named[:-1], "no-such-tag"]
+    assert "nor a known tag" in one_line(run_cli(*other_tag, check=False).stderr)
