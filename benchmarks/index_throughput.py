@@ -40,6 +40,7 @@ from indexer.scan import IMAGE_EXTENSIONS
 from indexer.source import default_workers
 from indexer.sync import Indexer
 from search.collection import Collection
+from search.sandbox import start_fork_server
 from search.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def main() -> None:
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         from search.model import Encoder
 
+        start_fork_server()  # as `clipsearch index` does: the workers' server is up before (b)
         encoder = Encoder(ModelSpec.from_args(model, "none"), args.device)
         batch_size = args.batch_size or encoder.batch_size
         naive(encoder, paths[:batch_size])  # warm-up: both timed runs find the model ready

@@ -288,6 +288,8 @@ def search(
 
     request = _search_request(text, image, like, attr, options)
     collection = Collection.open(data_dir)
+    if request.has_image:
+        start_fork_server()  # the image's decoder, whose imports overlap the model's loading
     engine = SearchEngine(collection, collection.encoder(device))
     page = engine.query(request)
     if as_json:

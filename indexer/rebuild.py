@@ -20,8 +20,9 @@ from indexer.pipeline import KnownContent, load_batches
 from indexer.scan import FoundFile
 from indexer.source import default_workers, encoded
 from search.catalog import Failure, ImageRecord, Root
-from search.collection import Collection
+from search.collection import Collection, load_encoder
 from search.imaging import DEFAULT_MAX_PIXELS
+from search.sandbox import start_fork_server
 from search.spec import ModelSpec
 
 NEXT_INSERT = text("INSERT INTO next_embeddings (id, vector) VALUES (:id, :vector)")
@@ -66,10 +67,8 @@ def _embed(
     max_pixels: int,
     progress: bool | None,
 ) -> None:
-    from search.model import Encoder
-
-    spec.verify_files()  # a checkpoint that changed since it was named says so first
-    encoder = Encoder(spec, device)
+    start_fork_server()  # the decode workers' imports overlap the model's loading
+    encoder = load_encoder(spec, device)
     size = batch_size or encoder.batch_size
     batches = load_batches(
         list(todo), encoder.layout, KnownContent([]), size, default_workers(), max_pixels

@@ -25,6 +25,7 @@ from search.catalog import ImageRecord
 from search.collection import Collection
 from search.errors import ClipsearchError, CollectionError
 from search.imaging import DEFAULT_MAX_PIXELS
+from search.sandbox import start_fork_server
 
 if TYPE_CHECKING:
     from indexer.source import Source
@@ -77,6 +78,7 @@ class Indexer:
         if self._source is None and self.ray is None:
             from indexer.source import LocalSource
 
+            start_fork_server()  # the decode workers' imports overlap the model's loading
             self._source = LocalSource(self.encoder, self.batch_size, self.workers, self.max_pixels)
         elif self._source is None:
             from indexer.ray_source import RaySource

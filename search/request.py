@@ -236,6 +236,11 @@ class SearchRequest(BaseModel):
         return positive, negative
 
     @property
+    def has_image(self) -> bool:
+        """Whether the query holds image bytes, which are decoded in a bounded child."""
+        return any(isinstance(term, ImageTerm) for side in self.terms() for term in side)
+
+    @property
     def collapse_cosine(self) -> float | None:
         if self.collapse is True:
             return DUPLICATE_COSINE

@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
 
 from search import text
+from search.collection import load_encoder
 from search.errors import ModelError
 from search.imaging import InputLayout, decode, model_input
 from search.model import Encoder, default_batch_size
@@ -87,12 +88,15 @@ def test_random_weights_are_reproducible(tiny_spec: ModelSpec, encoder: Encoder)
 
 
 def test_local_checkpoint_round_trip(tmp_path: Path, encoder: Encoder) -> None:
-    """A saved state dict loaded through --pretrained FILE gives the same embeddings."""
+    """A saved state dict loaded through --pretrained FILE gives the same embeddings, without
+    drawing random weights first; once the file changed, that is the error, not its loading."""
     checkpoint = tmp_path / "tiny.pt"
     torch.save({"state_dict": encoder.model.state_dict()}, checkpoint)
     spec = ModelSpec.from_args(str(TINY_CONFIG), str(checkpoint))
     assert spec.pretrained == "file" and spec.checkpoint_sha256
-    loaded = Encoder(spec, "cpu")
+    random_state = torch.random.get_rng_state()
+    loaded = load_encoder(spec, "cpu")
+    assert torch.equal(torch.random.get_rng_state(), random_state)
     pixels = decode((SAMPLES / "snowman.png").read_bytes()).pixels
     np.testing.assert_allclose(
         loaded.encode_images([pixels]), encoder.encode_images([pixels]), atol=1e-6
@@ -101,8 +105,18 @@ def test_local_checkpoint_round_trip(tmp_path: Path, encoder: Encoder) -> None:
         loaded.encode_texts(["snow"]), encoder.encode_texts(["snow"]), atol=1e-6
     )
     checkpoint.write_bytes(b"changed")
-    with pytest.raises(ModelError, match="changed"):
-        spec.verify_files()
+    with pytest.raises(ModelError, match="changed since the collection was built"):
+        load_encoder(spec, "cpu")
+
+
+def test_a_checkpoint_missing_a_weight_is_refused(tmp_path: Path, encoder: Encoder) -> None:
+    """The strict load that makes skipping the random start safe: no weight is left unset."""
+    weights = encoder.model.state_dict()
+    del weights["text_projection"]
+    torch.save(weights, tmp_path / "partial.pt")
+    spec = ModelSpec.from_args(str(TINY_CONFIG), str(tmp_path / "partial.pt"))
+    with pytest.raises(ModelError, match=r"Missing key.*text_projection"):
+        Encoder(spec, "cpu")
 
 
 def test_offline_pretrained_tag_fails_fast_with_guidance() -> None:

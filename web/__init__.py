@@ -22,6 +22,7 @@ from search.errors import (
     TooLarge,
 )
 from search.request import MAX_UPLOAD_BYTES
+from search.sandbox import start_fork_server
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def create_app(
     app.config.from_mapping(config or {})
     if engine is None:
         collection = Collection.open(Path(app.config["DATA_DIR"]))
+        start_fork_server()  # for uploads and thumbnails; its imports overlap the model's loading
         engine = SearchEngine(collection, collection.encoder(app.config["DEVICE"]))
     app.extensions["clipsearch"] = engine
 
