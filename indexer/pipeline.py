@@ -3,9 +3,10 @@ files and no file can take the run down.
 
 Workers hand over uint8 pixels at the model's input size (a quarter of float32's bytes), resized
 by torch's uint8 kernel (search/imaging.py; the fork server imports torch once for all of them),
-and the encoder normalises them. Each worker's memory is capped; one that dies anyway (a decoder
-bug, the OOM killer, a stray SIGKILL) is replaced, the file it was on is tried once more on its
-own, and only a second death records it as failed.
+in shared slots that a thread of the main process copies straight into the batch the encoder
+reads; the encoder normalises them. Each worker's memory is capped; one that dies anyway (a
+decoder bug, the OOM killer, a stray SIGKILL) is replaced, the file it was on is tried once more
+on its own, and only a second death records it as failed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 preload(__name__)  # what each worker runs, imported once by the fork server
 CHUNK_SECONDS = 60  # a worker that spends longer on one chunk is stopped, as if it had died
+QUEUED_BATCHES = 2  # batches assembled ahead of the one the caller is encoding
 
 
 @dataclass
@@ -49,14 +51,71 @@ class Loaded:
 
     file: FoundFile
     sha256: str
-    pixels: np.ndarray  # model_input(): (size, size, 3) uint8
+    pixels: np.ndarray  # model_input(): (size, size, 3) uint8, until handed over to a Batch
     width: int
     height: int
     taken_at: datetime | None
 
 
 Item = Loaded | Seen | Failed
-_IN_SLOT = np.empty(0, np.uint8)  # what a Loaded item carries through a pipe: see slots.py
+_HANDED_OVER = np.empty(0, np.uint8)  # a Loaded item's pixels once they are in a slot or a batch
+
+
+@dataclass
+class Batch:
+    """Files in the order workers finished them. The pixels of its Loaded items are the rows of
+    `pixels`, in the same order. They are valid until the next batch is asked for: its buffer
+    is then filled again."""
+
+    items: list[Item]
+    pixels: np.ndarray  # (Loaded items, size, size, 3) uint8
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _Assembler:
+    """Items into batches of `size`, each Loaded item's pixels copied into its batch's buffer as
+    it arrives: out of a worker's slot straight into the array the encoder reads. A copy out of
+    the slot and another into the batch had cost the main process 75 us a 224 px image (2 cores).
+    Buffers go round: the one batch `QUEUED_BATCHES + 2` ago was encoded before this one is
+    filled, as its caller holds one batch and the queue the others."""
+
+    def __init__(self, size: int, allocate: Callable[[], np.ndarray]) -> None:
+        self.size = size
+        self.allocate = allocate
+        self.buffers: list[np.ndarray] = []
+        self.made = 0  # batches so far
+        self.items: list[Item] = []
+        self.rows = 0
+
+    def add(self, item: Item, pixels: np.ndarray | None = None) -> Batch | None:
+        """`pixels`: where a Loaded item's are when not in the item (a worker's slot). A batch
+        when this item completes one."""
+        if isinstance(item, Loaded):
+            self._buffer()[self.rows] = item.pixels if pixels is None else pixels
+            item.pixels = _HANDED_OVER
+            self.rows += 1
+        self.items.append(item)
+        return self.flush() if len(self.items) == self.size else None
+
+    def flush(self) -> Batch | None:
+        """The items so far as a batch, if there are any."""
+        if not self.items:
+            return None
+        batch = Batch(self.items, self._buffer()[: self.rows])
+        self.items, self.rows = [], 0
+        self.made += 1
+        return batch
+
+    def _buffer(self) -> np.ndarray:
+        at = self.made % (QUEUED_BATCHES + 2)
+        if at == len(self.buffers):
+            self.buffers.append(self.allocate())
+        return self.buffers[at]
 
 
 class KnownContent:
@@ -99,23 +158,25 @@ def load_batches(
     batch_size: int,
     workers: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> Iterator[list[Item]]:
+    allocate: Callable[[], np.ndarray] | None = None,
+) -> Iterator[Batch]:
     """Every file once, as Loaded, Seen or Failed (its content is `known`), in batches of
-    `batch_size` (in the order workers finish them); `workers=0` decodes in this process."""
+    `batch_size` (in the order workers finish them); `workers=0` decodes in this process.
+    `allocate` makes a (batch_size, size, size, 3) uint8 buffer for the pixels (the encoder's
+    is page-locked on a GPU)."""
+    shape = (batch_size, layout.size, layout.size, 3)
+    assembler = _Assembler(batch_size, allocate or (lambda: np.empty(shape, np.uint8)))
     if workers:
         chunk = max(1, min(32, batch_size // (2 * workers)))
-        pool = _Pool(workers, 2 * chunk, (known, layout, max_pixels))
-        items: Iterable[Item] = pool.run(files, chunk, buffer=2 * batch_size)
-    else:
-        items = (load_file(file, known, layout, max_pixels) for file in files)
-    pending: list[Item] = []
-    for item in items:
-        pending.append(item)
-        if len(pending) >= batch_size:
-            yield pending
-            pending = []
-    if pending:
-        yield pending
+        yield from _Pool(workers, 2 * chunk, (known, layout, max_pixels)).run(
+            files, chunk, assembler
+        )
+        return
+    for file in files:
+        if batch := assembler.add(load_file(file, known, layout, max_pixels)):
+            yield batch
+    if batch := assembler.flush():
+        yield batch
 
 
 @dataclass
@@ -144,15 +205,15 @@ class _Pool:
         self.workers: list[_Worker] = []
         self.slots: PixelSlots | None = None
 
-    def run(self, files: Sequence[FoundFile], chunk: int, buffer: int) -> Iterator[Item]:
-        """Results in the order workers finish them. A thread of this process receives them, so
-        workers keep decoding while the caller encodes (their pipes hold less than one image);
-        about `buffer` results wait for the caller."""
-        results: queue.Queue[list[Item] | BaseException | None] = queue.Queue(buffer // chunk)
+    def run(self, files: Sequence[FoundFile], chunk: int, assembler: _Assembler) -> Iterator[Batch]:
+        """Batches in the order workers finish their files. A thread of this process receives
+        and assembles them, so workers keep decoding while the caller encodes (their pipes hold
+        less than one image); up to QUEUED_BATCHES wait for the caller."""
+        results: queue.Queue[Batch | BaseException | None] = queue.Queue(QUEUED_BATCHES)
         stop = threading.Event()
         receiver = threading.Thread(
             target=self._receive_all,
-            args=(files, chunk, results, stop),
+            args=(files, chunk, assembler, results, stop),
             name="clipsearch-decode",
             daemon=True,
         )
@@ -161,7 +222,7 @@ class _Pool:
             while (done := results.get()) is not None:
                 if isinstance(done, BaseException):
                     raise done
-                yield from done
+                yield done
         finally:
             stop.set()
             receiver.join()
@@ -170,10 +231,11 @@ class _Pool:
         self,
         files: Sequence[FoundFile],
         chunk: int,
-        results: queue.Queue[list[Item] | BaseException | None],
+        assembler: _Assembler,
+        results: queue.Queue[Batch | BaseException | None],
         stop: threading.Event,
     ) -> None:
-        def hand_over(item: list[Item] | BaseException | None) -> bool:
+        def hand_over(item: Batch | BaseException | None) -> bool:
             while not stop.is_set():  # the caller may have stopped taking them
                 with contextlib.suppress(queue.Full):
                     results.put(item, timeout=0.1)
@@ -181,15 +243,29 @@ class _Pool:
             return False
 
         try:
-            with contextlib.closing(self._chunks(files, chunk, stop)) as chunks:
-                if all(hand_over(done) for done in chunks):
+            with contextlib.closing(self._assembled(files, chunk, assembler, stop)) as batches:
+                if all(hand_over(batch) for batch in batches):
                     hand_over(None)
         except BaseException as exc:  # raised again in the caller's thread
             hand_over(exc)
 
+    def _assembled(
+        self, files: Sequence[FoundFile], chunk: int, assembler: _Assembler, stop: threading.Event
+    ) -> Iterator[Batch]:
+        """Each chunk's pixels are copied out of their slots before `_chunks` goes on to send
+        the worker more files."""
+        with contextlib.closing(self._chunks(files, chunk, stop)) as chunks:
+            for done in chunks:
+                for item, pixels in done:
+                    if batch := assembler.add(item, pixels):
+                        yield batch
+        if batch := assembler.flush():
+            yield batch
+
     def _chunks(
         self, files: Sequence[FoundFile], chunk: int, stop: threading.Event
-    ) -> Iterator[list[Item]]:
+    ) -> Iterator[list[tuple[Item, np.ndarray | None]]]:
+        """Each chunk's results with the slots that hold their pixels, valid until the next."""
         todo = deque(
             list(range(start, min(start + chunk, len(files))))
             for start in range(0, len(files), chunk)
@@ -236,19 +312,17 @@ class _Pool:
                 worker.conn.send([files[seq] for seq in seqs])
                 worker.held.append(seqs)
 
-    def _receive(self, worker: _Worker) -> Iterator[list[Item]]:
+    def _receive(self, worker: _Worker) -> Iterator[list[tuple[Item, np.ndarray | None]]]:
         assert self.slots is not None
         try:
             while worker.conn.poll():
                 results = worker.conn.recv()  # a chunk's, in the order its files were sent
                 worker.held.popleft()
                 worker.since = time.monotonic()
-                for item, slot, noise in results:
-                    if isinstance(item, Loaded):
-                        item.pixels = self.slots.take(worker.row, slot)
+                for item, _, noise in results:
                     if noise:
                         log.debug("decoder output for %s: %s", item.file.path, noise)
-                yield [item for item, _, _ in results]
+                yield [(item, self.slots.slot(worker.row, slot)) for item, slot, _ in results]
         except (EOFError, OSError):
             pass  # it died: the next round finds it dead and replaces it
 
@@ -258,7 +332,7 @@ class _Pool:
         todo: deque[list[int]],
         files: Sequence[FoundFile],
         retried: set[int],
-    ) -> Iterator[list[Item]]:
+    ) -> Iterator[list[tuple[Item, np.ndarray | None]]]:
         """Each file of the chunk a dead (or stuck) worker was on is retried alone once; a file
         that kills its worker alone is failed. The chunks it held after that go back to the
         front of the queue."""
@@ -273,7 +347,7 @@ class _Pool:
         current, *rest = worker.held
         todo.extendleft(reversed(rest))
         if len(current) == 1 and current[0] in retried:
-            yield [Failed(files[current[0]], f"the decoder crashed ({why})")]
+            yield [(Failed(files[current[0]], f"the decoder crashed ({why})"), None)]
         else:
             retried.update(current)
             todo.extendleft([seq] for seq in reversed(current))
@@ -308,7 +382,7 @@ def _work(
                 item = Failed(file, f"cannot decode image ({type(exc).__name__})")
             slot = -1
             if isinstance(item, Loaded):
-                slot, item.pixels = slots.put(item.pixels), _IN_SLOT
+                slot, item.pixels = slots.put(item.pixels), _HANDED_OVER
             results.append((item, slot, stderr.drain()))
         conn.send(results)
 

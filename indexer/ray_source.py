@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from indexer.items import Encoded, Failed, Result, Seen
-from indexer.pipeline import Item, KnownContent, load_batches
+from indexer.pipeline import Batch, KnownContent, load_batches
 from indexer.scan import FoundFile
 from indexer.source import encode_file, encoded
 from search.errors import ClipsearchError
@@ -41,14 +41,12 @@ def _ray() -> Any:
 
 def decode_chunk(
     files: Sequence[FoundFile], layout: InputLayout, known: KnownContent, max_pixels: int
-) -> list[Item]:
-    """A chunk of files as Loaded, Seen or Failed, decoded by one capped worker process."""
+) -> Batch:
+    """A chunk of files as one batch of Loaded, Seen or Failed, decoded by one capped worker
+    process."""
     _check_shared({file.root for file in files})
-    return [
-        item
-        for batch in load_batches(files, layout, known, len(files), 1, max_pixels)
-        for item in batch
-    ]
+    (batch,) = load_batches(files, layout, known, len(files), 1, max_pixels)
+    return batch
 
 
 def _check_shared(roots: set[str]) -> None:
@@ -76,7 +74,7 @@ class EncoderActor:
     def layout(self) -> InputLayout:
         return self.encoder.layout
 
-    def encode(self, batch: list[Item]) -> list[Result]:
+    def encode(self, batch: Batch) -> list[Result]:
         return encoded(self.encoder, batch)
 
     def encode_one(self, seen: Seen) -> Encoded | Failed:

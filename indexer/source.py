@@ -5,6 +5,7 @@ The writer takes any `Source`, so one that encodes elsewhere (a Ray cluster) fit
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from indexer.items import Encoded, Failed, Result, Seen
-from indexer.pipeline import Item, KnownContent, Loaded, load_batches
+from indexer.pipeline import Batch, KnownContent, Loaded, load_batches
 from indexer.scan import FoundFile
 from search.errors import ImageError
 from search.imaging import DEFAULT_MAX_PIXELS, decode_for_model
@@ -50,35 +51,30 @@ class LocalSource:
         self.batch_size = batch_size or encoder.batch_size
         self.workers = default_workers() if workers is None else workers
         self.max_pixels = max_pixels
-        self.staging = encoder.staging(self.batch_size)
 
     def batches(self, files: Sequence[FoundFile], known: Iterable[str]) -> Iterator[list[Result]]:
-        layout, content = self.encoder.layout, KnownContent(known)
+        layout, content, size = self.encoder.layout, KnownContent(known), self.batch_size
+        allocate = functools.partial(self.encoder.staging, size)
         for batch in load_batches(
-            files, layout, content, self.batch_size, self.workers, self.max_pixels
+            files, layout, content, size, self.workers, self.max_pixels, allocate
         ):
-            yield self._encoded(batch)
-
-    def _encoded(self, batch: list[Item]) -> list[Result]:
-        return encoded(self.encoder, batch, self.staging)
+            yield encoded(self.encoder, batch)
 
     def encode_one(self, seen: Seen) -> Encoded | Failed:
         return encode_file(self.encoder, seen, self.max_pixels)
 
 
-def encoded(encoder: Encoder, batch: list[Item], staging: np.ndarray | None = None) -> list[Result]:
-    """A decoded batch with each Loaded item encoded (in one forward pass, its pixels assembled
-    in `staging` when given) and the others as they were, in order."""
-    pixels = [item.pixels for item in batch if isinstance(item, Loaded)]
-    vectors = iter(_encode(encoder, pixels, staging))
+def encoded(encoder: Encoder, batch: Batch) -> list[Result]:
+    """A decoded batch with each Loaded item encoded (in one forward pass) and the others as
+    they were, in order."""
+    vectors = iter(_encode(encoder, batch.pixels))
     return [_encoded(i, next(vectors)) if isinstance(i, Loaded) else i for i in batch]
 
 
-def _encode(encoder: Encoder, pixels: list[np.ndarray], staging: np.ndarray | None) -> np.ndarray:
-    if not pixels:
+def _encode(encoder: Encoder, pixels: np.ndarray) -> np.ndarray:
+    if not len(pixels):
         return np.empty((0, encoder.dim), np.float32)
-    out = None if staging is None else staging[: len(pixels)]
-    return encoder.encode_pixels(np.stack(pixels, out=out))
+    return encoder.encode_pixels(pixels)
 
 
 def encode_file(encoder: Encoder, seen: Seen, max_pixels: int) -> Encoded | Failed:

@@ -324,8 +324,8 @@ class Encoder:
 
     def staging(self, batch_size: int) -> np.ndarray:
         """A (batch_size, size, size, 3) uint8 buffer to assemble `encode_pixels` batches in,
-        for a caller that encodes one batch at a time: reused, it costs no page faults, and on
-        CUDA it is page-locked, so the copy to the GPU is one DMA transfer."""
+        for a caller that reuses it: it costs no page faults then, and on CUDA it is
+        page-locked, so the copy to the GPU is one DMA transfer."""
         shape = (batch_size, self.layout.size, self.layout.size, 3)
         pinned = self.device.type == "cuda"
         return torch.empty(shape, dtype=torch.uint8, pin_memory=pinned).numpy()

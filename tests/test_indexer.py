@@ -160,8 +160,10 @@ def test_pipeline_hands_every_new_file_to_the_encoder_in_batches(
     assert sum(len(batch) for batch in batches) == 12
     if workers == 0:
         assert [len(batch) for batch in batches] == [5, 5, 2]
+    for batch in batches:
+        loaded = sum(isinstance(item, Loaded) for item in batch)
+        assert batch.pixels.shape == (loaded, 64, 64, 3)
     items = [item for batch in batches for item in batch]
-    assert all(item.pixels.shape == (64, 64, 3) for item in items if isinstance(item, Loaded))
     reused = [item for item in items if isinstance(item, Seen)]
     assert [i.file.path for i in reused] == ["snowman.png"]  # known content: not decoded
 
@@ -201,17 +203,18 @@ def test_no_room_for_the_decoders_buffers_is_one_line() -> None:
 def test_each_file_gets_its_own_pixels_when_the_encoder_is_slower_than_the_decoders(
     encoder: Encoder, tmp_path: Path
 ) -> None:
-    """Workers hand pixels over in slots they reuse. While the encoder lags, they run ahead of
-    what has been read; each file must still come with its own pixels (a worker that was sent
-    more files than it has slots once overwrote unread pixels: files got others' vectors)."""
+    """Workers hand pixels over in slots they reuse, and batches come in buffers that go round.
+    While the encoder lags, workers run ahead of what has been read; each file must still come
+    with its own pixels (a worker that was sent more files than it has slots once overwrote
+    unread pixels: files got others' vectors)."""
     draw_photos(tmp_path / "photos", 240, seed=4)
     files = [f for f in scan(tmp_path / "photos") if isinstance(f, FoundFile)]
     seen = 0
     for batch in load_batches(files, encoder.layout, KnownContent([]), 32, 2):
         time.sleep(0.05)  # an encoder call
-        for item in batch:
+        for item, pixels in zip(batch, batch.pixels, strict=True):
             assert isinstance(item, Loaded)
             expected = decode_for_model(item.file.absolute.read_bytes(), encoder.layout).pixels
-            assert np.array_equal(item.pixels, expected), item.file.path
+            assert np.array_equal(pixels, expected), item.file.path
             seen += 1
     assert seen == len(files) == 240
