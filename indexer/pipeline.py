@@ -80,9 +80,10 @@ class Batch:
 class _Assembler:
     """Items into batches of `size`, each Loaded item's pixels copied into its batch's buffer as
     it arrives: out of a worker's slot straight into the array the encoder reads. A copy out of
-    the slot and another into the batch had cost the main process 75 us a 224 px image (2 cores).
-    Buffers go round: the one batch `QUEUED_BATCHES + 2` ago was encoded before this one is
-    filled, as its caller holds one batch and the queue the others."""
+    the slot and another into the batch had made the main process spend 138 us a 224 px image
+    outside the encoder, against 111 now (benchmarks/host_cost.py). Buffers go round: the batch
+    `QUEUED_BATCHES + 2` ago was encoded before this one is filled, as the caller holds one
+    batch and the queue the others."""
 
     def __init__(self, size: int, allocate: Callable[[], np.ndarray]) -> None:
         self.size = size
