@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -68,6 +69,9 @@ class EncoderActor:
     def __init__(self, spec: ModelSpec, device: str, max_pixels: int) -> None:
         from search.model import Encoder
 
+        # Batches arrive read-only from Ray's object store, and the encoder only reads them:
+        # torch's warning about that would be the first line of every actor's log.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
         self.encoder = Encoder(spec, device)
         self.max_pixels = max_pixels
 
