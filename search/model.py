@@ -7,9 +7,11 @@ import copy
 import hashlib
 import json
 import logging
+import pickle
 import socket
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,19 @@ def _loading(checkpoint: str | None) -> contextlib.AbstractContextManager[object
     return _RandomStartSkipped()
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why a checkpoint did not load, in one line: torch's messages run over several (a weight
+    of the wrong shape is one line each)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a file of weights (torch.load with weights_only=True refused it)"
+    if isinstance(exc, EOFError):
+        return "the file ends early (empty or cut short)"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+    said = " ".join(lines[:2]) + more
+    return said if isinstance(exc, RuntimeError) else f"{type(exc).__name__} {said}".strip()
+
+
 def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Image.Image], Any]]:
     if spec.pretrained == NO_WEIGHTS:
         log.warning(
@@ -206,14 +221,16 @@ def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Imag
         return model, preprocess
     if spec.pretrained == "file":
         try:
-            with _loading(spec.checkpoint):
+            with _loading(spec.checkpoint), warnings.catch_warnings():
+                # Which pickle protocol a file uses says nothing to a user: only the outcome.
+                warnings.filterwarnings("ignore", "Detected pickle protocol")
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name, pretrained=spec.checkpoint
                 )
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        except Exception as exc:  # whatever a file makes of torch.load, it is not the weights
             raise ModelError(
-                f"cannot load checkpoint {spec.checkpoint} into {name}: {exc}"
-            ) from exc
+                f"cannot load checkpoint {spec.checkpoint} into {name}: {_load_failure(exc)}"
+            ) from None
         return model, preprocess
     try:
         with _offline_unless_reachable(spec), _loading(None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 import time
 from pathlib import Path
 
@@ -117,6 +118,47 @@ def test_a_checkpoint_missing_a_weight_is_refused(tmp_path: Path, encoder: Encod
     spec = ModelSpec.from_args(str(TINY_CONFIG), str(tmp_path / "partial.pt"))
     with pytest.raises(ModelError, match=r"Missing key.*text_projection"):
         Encoder(spec, "cpu")
+
+
+class _RunsCode:
+    """A pickle that would create a file when loaded with pickle's full powers."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+def hostile_checkpoint(kind: str, folder: Path, weights: dict[str, torch.Tensor]) -> Path:
+    path = folder / f"{kind}.pt"
+    if kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(1000))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "cut short":
+        torch.save(weights, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "other shapes":  # torch says so in a line for each weight
+        reshaped = {"text_projection": torch.zeros(3, 3), "ln_final.weight": torch.zeros(3)}
+        torch.save({**weights, **reshaped}, path)
+    else:  # "runs code"
+        path.write_bytes(pickle.dumps(_RunsCode(folder / "ran"), protocol=4))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "cut short", "other shapes", "runs code"])
+def test_a_hostile_checkpoint_file_is_refused_in_one_line(
+    tmp_path: Path, encoder: Encoder, kind: str
+) -> None:
+    checkpoint = hostile_checkpoint(kind, tmp_path, encoder.model.state_dict())
+    spec = ModelSpec.from_args(str(TINY_CONFIG), str(checkpoint))
+    with pytest.raises(ModelError) as refused:
+        Encoder(spec, "cpu")
+    message = str(refused.value)
+    assert message.startswith(f"cannot load checkpoint {checkpoint}")
+    assert len(message.splitlines()) == 1 and len(message) < 600, message
+    assert not (tmp_path / "ran").exists()
 
 
 def test_offline_pretrained_tag_fails_fast_with_guidance() -> None:
