@@ -205,33 +205,48 @@ def _load_failure(exc: Exception) -> str:
     return said if isinstance(exc, RuntimeError) else f"{type(exc).__name__} {said}".strip()
 
 
-def _create(spec: ModelSpec, name: str) -> tuple[torch.nn.Module, Callable[[Image.Image], Any]]:
+Built = tuple[torch.nn.Module, Callable[[Image.Image], Any]]  # the model, open_clip's preprocess
+
+
+def _create(spec: ModelSpec, name: str) -> Built:
     if spec.pretrained == NO_WEIGHTS:
-        log.warning(
-            "RANDOM WEIGHTS: %s is built with --pretrained none; its search results mean "
-            "nothing. Use it for tests and benchmarks only.",
-            spec.architecture,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            # Random means random for a Hugging Face text tower too: no base weights fetched.
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=None, pretrained_text=False
-            )
-        return model, preprocess
+        return _with_random_weights(spec, name)
     if spec.pretrained == "file":
-        try:
-            with _loading(spec.checkpoint), warnings.catch_warnings():
-                # Which pickle protocol a file uses says nothing to a user: only the outcome.
-                warnings.filterwarnings("ignore", "Detected pickle protocol")
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    name, pretrained=spec.checkpoint
-                )
-        except Exception as exc:  # whatever a file makes of torch.load, it is not the weights
-            raise ModelError(
-                f"cannot load checkpoint {spec.checkpoint} into {name}: {_load_failure(exc)}"
-            ) from None
-        return model, preprocess
+        return _from_file(spec, name)
+    return _from_tag(spec, name)
+
+
+def _with_random_weights(spec: ModelSpec, name: str) -> Built:
+    log.warning(
+        "RANDOM WEIGHTS: %s is built with --pretrained none; its search results mean "
+        "nothing. Use it for tests and benchmarks only.",
+        spec.architecture,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        # Random means random for a Hugging Face text tower too: no base weights fetched.
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, pretrained_text=False
+        )
+    return model, preprocess
+
+
+def _from_file(spec: ModelSpec, name: str) -> Built:
+    try:
+        with _loading(spec.checkpoint), warnings.catch_warnings():
+            # Which pickle protocol a file uses says nothing to a user: only the outcome.
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=spec.checkpoint
+            )
+    except Exception as exc:  # whatever a file makes of torch.load, it is not the weights
+        raise ModelError(
+            f"cannot load checkpoint {spec.checkpoint} into {name}: {_load_failure(exc)}"
+        ) from None
+    return model, preprocess
+
+
+def _from_tag(spec: ModelSpec, name: str) -> Built:
     try:
         with _offline_unless_reachable(spec), _loading(None):
             model, _, preprocess = open_clip.create_model_and_transforms(
