@@ -13,10 +13,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 THIS_TREE = Path(__file__).resolve().parent.parent
+Measured = TypeVar("Measured")
 
 
 def environment(tree: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -53,3 +55,15 @@ def run_json(tree: Path, *args: str, base: Mapping[str, str] | None = None) -> d
 
 def ratio(new: float, old: float) -> float:
     return round(new / old, 2) if old else float("inf")
+
+
+def alternating(
+    measure: Callable[[Path], Measured], baseline: Path, runs: int
+) -> tuple[list[Measured], list[Measured]]:
+    """`measure` of this tree, then of `baseline`, `runs` times: what each gave, in order.
+    Alternating spreads a slow spell of the machine over both sides."""
+    this, before = [], []
+    for _ in range(runs):
+        this.append(measure(THIS_TREE))
+        before.append(measure(baseline))
+    return this, before

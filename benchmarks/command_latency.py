@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import THIS_TREE, environment, ratio, start
+from benchmarks.baseline import THIS_TREE, alternating, environment, ratio, start
 from benchmarks.make_images import draw
 
 SERVE_WAIT_SECONDS = 120
@@ -84,31 +84,28 @@ def answers(url: str) -> bool:
     return True
 
 
-def prepare(root: Path, model: str, trees: dict[str, Path]) -> Path:
-    """The checkpoint and the photos, and each tree's collection of them; returns the photos."""
+def prepare(root: Path, model: str, data: dict[Path, Path]) -> Path:
+    """The checkpoint and the photos, and each tree's collection of them in its `data` folder;
+    returns the photos."""
     checkpoint, photos = root / "weights.pt", root / "photos"
     save_checkpoint(checkpoint, model)
     photos.mkdir()
     rng = random.Random(0)
     for number in range(20):
         draw(rng).save(photos / f"{number:02d}.jpg", quality=88)
-    for name, tree in trees.items():
+    for tree, folder in data.items():
         weights = ["--model", model, "--pretrained", str(checkpoint)]
-        clipsearch(tree, "index", str(photos), "--data-dir", str(root / name), *weights)
+        clipsearch(tree, "index", str(photos), "--data-dir", str(folder), *weights)
     return photos
 
 
-def compare(timed: Callable[[str, Path], float], trees: dict[str, Path], runs: int) -> dict:
-    """`timed` on each tree in turn, `runs` times."""
-    seconds: dict[str, list[float]] = {name: [] for name in trees}
-    for _ in range(runs):
-        for name, tree in trees.items():
-            seconds[name].append(round(timed(name, tree), 3))
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
+def compare(timed: Callable[[Path], float], baseline: Path, runs: int) -> dict:
+    """`timed` on this tree and `baseline` in turn, `runs` times."""
+    this, before = alternating(lambda tree: round(timed(tree), 3), baseline, runs)
     return {
-        "seconds": seconds["this"],
-        "baseline_seconds": seconds["baseline"],
-        "speedup": ratio(medians["baseline"], medians["this"]),
+        "seconds": this,
+        "baseline_seconds": before,
+        "speedup": ratio(statistics.median(before), statistics.median(this)),
     }
 
 
@@ -118,21 +115,24 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    trees = {"this": THIS_TREE, "baseline": args.baseline.resolve()}
+    baseline = args.baseline.resolve()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        photos = prepare(root, args.model, trees)
+        data = {THIS_TREE: root / "this", baseline: root / "baseline"}
+        photos = prepare(root, args.model, data)
         image = str(photos / "00.jpg")
-        commands: dict[str, Callable[[str, Path], float]] = {
-            "search_text": lambda name, tree: clipsearch(
-                tree, "search", "a red car", "--data-dir", str(root / name)
+        commands: dict[str, Callable[[Path], float]] = {
+            "search_text": lambda tree: clipsearch(
+                tree, "search", "a red car", "--data-dir", str(data[tree])
             ),
-            "search_image": lambda name, tree: clipsearch(
-                tree, "search", "--image", image, "--data-dir", str(root / name)
+            "search_image": lambda tree: clipsearch(
+                tree, "search", "--image", image, "--data-dir", str(data[tree])
             ),
-            "serve_until_healthz": lambda name, tree: serve_ready(tree, root / name),
+            "serve_until_healthz": lambda tree: serve_ready(tree, data[tree]),
         }
-        result = {command: compare(timed, trees, args.runs) for command, timed in commands.items()}
+        result = {
+            command: compare(timed, baseline, args.runs) for command, timed in commands.items()
+        }
     print(json.dumps({"model": args.model, "checkpoint": "local file", **result}))
 
 

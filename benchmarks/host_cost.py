@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Appended, not put first: a run for the baseline finds that tree's packages on PYTHONPATH first.
+# So this script's own helpers (benchmarks/) are imported where only the parent runs: the
+# baseline's benchmarks/ may not have them.
 sys.path.append(str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.baseline import THIS_TREE, ratio, run_json
-from benchmarks.make_images import draw
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,20 +91,12 @@ def _timing_encoder_calls(encoder: Encoder) -> list[float]:
 
 
 def compare(baseline: Path, folder: Path, config: Path, runs: int, options: list[str]) -> dict:
-    trees = {"this": THIS_TREE, "baseline": baseline.resolve()}
-    found: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    script = str(Path(__file__).resolve())
-    for _ in range(runs):
-        for name, tree in trees.items():
-            found[name].append(
-                run_json(tree, script, "--child", str(folder), str(config), *options)
-            )
-    host = {name: [run["host_us_per_image"] for run in done] for name, done in found.items()}
-    return {
-        "this": found["this"],
-        "baseline": found["baseline"],
-        "host_ratio": ratio(statistics.median(host["this"]), statistics.median(host["baseline"])),
-    }
+    from benchmarks.baseline import alternating, ratio, run_json
+
+    child = (str(Path(__file__).resolve()), "--child", str(folder), str(config), *options)
+    this, before = alternating(lambda tree: run_json(tree, *child), baseline.resolve(), runs)
+    host = [statistics.median(run["host_us_per_image"] for run in side) for side in (this, before)]
+    return {"this": this, "baseline": before, "host_ratio": ratio(*host)}
 
 
 def main() -> None:
@@ -121,6 +112,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(*args.child, args.batch_size, args.workers)))
         return
+    from benchmarks.make_images import draw
+
     with tempfile.TemporaryDirectory() as scratch:
         folder, config = Path(scratch, "photos"), Path(scratch, "tiny-224.json")
         config.write_text(json.dumps(TINY_224))

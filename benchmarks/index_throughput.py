@@ -35,7 +35,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import THIS_TREE, ratio, run_json
+from benchmarks.baseline import alternating, ratio, run_json
 from indexer.scan import IMAGE_EXTENSIONS
 from indexer.source import default_workers
 from indexer.sync import Indexer
@@ -106,10 +106,9 @@ def command_line(tree: Path, folder: Path, model: str, workers: int) -> tuple[fl
 
 def against(baseline: Path, folder: Path, model: str, workers: int, runs: int) -> dict[str, Any]:
     """Both releases' command lines, alternating, `runs` times each."""
-    this, before = [], []
-    for _ in range(runs):
-        this.append(command_line(THIS_TREE, folder, model, workers))
-        before.append(command_line(baseline, folder, model, workers))
+    this, before = alternating(
+        lambda tree: command_line(tree, folder, model, workers), baseline, runs
+    )
     own, whole = (list(rates) for rates in zip(*this, strict=True))
     own_before, whole_before = (list(rates) for rates in zip(*before, strict=True))
     return {
