@@ -7,13 +7,15 @@ with the model loaded from a local checkpoint file, as a user with downloaded we
 The checkpoint holds random ViT-B-32 weights saved with torch.save: loading them costs what real
 ones cost. Each tree indexes its own copy of a few generated photos with it, then, alternating,
 `--runs` times each: `clipsearch search TEXT`, `clipsearch search --image FILE`, and
-`clipsearch serve` from its start until /healthz answers. Prints one JSON object: each
-command's seconds on both sides and the baseline's median over this tree's.
+`clipsearch serve` from its start until /healthz answers; then `clipsearch search TEXT` again
+while each tree's server runs on its collection. Prints one JSON object: each command's seconds
+on both sides and the baseline's median over this tree's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,8 +58,10 @@ def clipsearch(tree: Path, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def serve_ready(tree: Path, data: Path) -> float:
-    """Seconds from starting `clipsearch serve` until /healthz answers."""
+@contextlib.contextmanager
+def served(tree: Path, data: Path) -> Iterator[float]:
+    """`clipsearch serve` of `tree` on `data`, running: the seconds from its start until
+    /healthz answered."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -70,10 +74,15 @@ def serve_ready(tree: Path, data: Path) -> float:
             if time.perf_counter() - started > SERVE_WAIT_SECONDS:
                 raise SystemExit(f"{tree}: clipsearch serve did not answer in time")
             time.sleep(0.02)
-        return time.perf_counter() - started
+        yield time.perf_counter() - started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait()
+
+
+def serve_ready(tree: Path, data: Path) -> float:
+    with served(tree, data) as seconds:
+        return seconds
 
 
 def answers(url: str) -> bool:
@@ -133,6 +142,11 @@ def main() -> None:
         result = {
             command: compare(timed, baseline, args.runs) for command, timed in commands.items()
         }
+        # Each tree's server running on its collection: this tree's search asks it.
+        with served(THIS_TREE, data[THIS_TREE]), served(baseline, data[baseline]):
+            result["search_text_beside_a_server"] = compare(
+                commands["search_text"], baseline, args.runs
+            )
     print(json.dumps({"model": args.model, "checkpoint": "local file", **result}))
 
 

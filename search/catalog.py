@@ -370,6 +370,16 @@ class Catalog:
                 "untagged": session.scalar(select(func.count(ImageRecord.id)).where(UNTAGGED)) or 0,
             }
 
+    def file_paths(self, ids: Sequence[int]) -> dict[int, Path]:
+        """Where the images `ids` are on disk (a server's results name them by id)."""
+        query = (
+            select(ImageRecord.id, Root.path, ImageRecord.path)
+            .join(Root)
+            .where(ImageRecord.id.in_(ids))
+        )
+        with self.sessions() as session:
+            return {id_: Path(root, path) for id_, root, path in session.execute(query)}
+
     @staticmethod
     def text_direction(session: Session, model: str, dim: int) -> np.ndarray | None:
         """The mean of the texts `model` embedded for the tags (every vocabulary's prompts), a

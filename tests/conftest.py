@@ -196,7 +196,8 @@ def serving(
             time.sleep(0.2)
         yield base, process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # unshare may have forked the server
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
+            os.killpg(process.pid, signal.SIGTERM)  # unshare may have forked the server
         process.wait(timeout=30)
 
 

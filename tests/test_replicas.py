@@ -8,6 +8,7 @@ from pathlib import Path
 
 import requests
 
+from clipsearch.served import SERVER_FILE
 from tests.conftest import (
     TINY_ARGS,
     copy_samples,
@@ -36,6 +37,7 @@ def test_two_read_only_servers_answer_and_follow_a_new_generation(tmp_path: Path
     mount = read_only_mount(data)
     with serving(data, inside=mount) as (first, _), serving(data, inside=mount) as (second, _):
         assert count(first) == count(second) == 12
+        assert not data.joinpath(SERVER_FILE).exists()  # served all the same, unannounced
         draw_photos(photos / "new", 5, seed=11)
         index(photos, data)  # writing where the servers cannot
         deadline = time.monotonic() + 30
