@@ -2,6 +2,7 @@
 folders) for benchmarks that need a collection of a given size, such as load.py's 10,000.
 
     python benchmarks/make_images.py --count 10000 --out /tmp/ten-thousand
+    python benchmarks/make_images.py --count 20000 --out /tmp/s224 --size 224x224
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--size", default="320x240", help="WIDTHxHEIGHT in pixels")
     args = parser.parse_args()
+    width, height = (int(side) for side in args.size.split("x"))
     rng = random.Random(0)
     for number in range(args.count):
         folder = args.out / f"{number // 100:04d}"
         folder.mkdir(parents=True, exist_ok=True)
-        draw(rng).save(folder / f"{number:06d}.jpg", quality=88)
+        draw(rng, width, height).save(folder / f"{number:06d}.jpg", quality=88)
     print(f"wrote {args.count} images under {args.out}")
 
 
