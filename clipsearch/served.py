@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,7 @@ SERVER_FILE = "server.json"
 ASK_TIMEOUT_SECONDS = 10  # a server busier than this: the command loads the model itself
 _LOCK_TRIES = 20  # a reader holds the lock for microseconds; another server for good
 _MAX_FILE_BYTES = 4096
+_HOST = socket.gethostname()
 
 
 @contextlib.contextmanager
@@ -58,7 +60,7 @@ def _claimed(path: Path, url: str) -> IO[str] | None:
         for _ in range(_LOCK_TRIES):
             if _locked(handle, fcntl.LOCK_EX):
                 handle.truncate(0)
-                handle.write(json.dumps({"url": url, "pid": os.getpid()}))
+                handle.write(json.dumps({"url": url, "host": _HOST, "pid": os.getpid()}))
                 handle.flush()
                 return handle
             time.sleep(0.005)
@@ -83,15 +85,21 @@ def _url(host: str, port: int) -> str:
 
 
 def server_url(data_dir: Path) -> str | None:
-    """The address of a server running on the collection in `data_dir`, if one announced itself."""
+    """The address of a server running on the collection in `data_dir`, if one announced itself
+    on this machine (a collection on a shared disk may be served from another)."""
+    path = data_dir / SERVER_FILE
+    if not path.is_file():  # a FIFO by that name would block the reader
+        return None
     try:
-        with (data_dir / SERVER_FILE).open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8") as handle:
             if _locked(handle, fcntl.LOCK_SH):
                 return None  # nobody holds it: that server has stopped
-            url = json.loads(handle.read(_MAX_FILE_BYTES))["url"]
+            said = json.loads(handle.read(_MAX_FILE_BYTES))
+        url, host = said["url"], said["host"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return url if isinstance(url, str) and url.startswith("http://") else None
+    here = host == _HOST and isinstance(url, str) and url.startswith("http://")
+    return url if here else None
 
 
 def ask(url: str, body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -85,3 +85,14 @@ def test_the_first_server_of_a_collection_keeps_its_announcement(tmp_path: Path)
     assert server_url(tmp_path) is None
     with announced(tmp_path, "::", 8002):
         assert server_url(tmp_path) == "http://[::1]:8002"
+
+
+def test_an_announcement_from_another_machine_or_not_a_file_is_not_followed(
+    tmp_path: Path,
+) -> None:
+    with announced(tmp_path, "127.0.0.1", 8001):
+        said = json.loads((tmp_path / SERVER_FILE).read_text())
+        (tmp_path / SERVER_FILE).write_text(json.dumps({**said, "host": "elsewhere"}))
+        assert server_url(tmp_path) is None  # a collection on a disk shared with that machine
+    os.mkfifo(tmp_path / SERVER_FILE)
+    assert server_url(tmp_path) is None  # at once: reading it would wait for a writer
