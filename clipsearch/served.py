@@ -114,13 +114,31 @@ def ask(url: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
         with direct.open(request, timeout=ASK_TIMEOUT_SECONDS) as response:
-            return json.load(response)
+            return _page(json.load(response))
     except urllib.error.HTTPError as exc:
         if 400 <= exc.code < 500:
             raise ClipsearchError(_error(exc)) from None
         return None
     except (OSError, ValueError):
         return None
+
+
+def _page(answer: object) -> dict[str, Any] | None:
+    """`answer` if it has the API's shape as far as the command reads it, else None (whatever
+    listens there, it is not a clipsearch server of this release)."""
+    results = answer.get("results") if isinstance(answer, dict) else None
+    if not isinstance(results, list) or not all(map(_is_result, results)):
+        return None
+    return answer  # type: ignore[return-value]
+
+
+def _is_result(result: object) -> bool:
+    return (
+        isinstance(result, dict)
+        and isinstance(result.get("id"), int)
+        and isinstance(result.get("score"), int | float)
+        and isinstance(result.get("path"), str)
+    )
 
 
 def _base64(value: object) -> str:

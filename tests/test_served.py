@@ -4,9 +4,12 @@ to give them."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,12 +68,35 @@ def test_a_search_is_answered_by_the_server_running_on_its_collection(
     assert not (data / SERVER_FILE).exists()
 
 
-def test_a_server_that_does_not_answer_leaves_the_search_to_the_command(
-    tmp_path: Path, photos: Path
+class NotClipsearch(http.server.BaseHTTPRequestHandler):
+    """Whatever else may listen where a server was: it answers, with something else."""
+
+    def do_POST(self) -> None:
+        body = json.dumps({"results": [{"id": "x"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["nothing", "something else"])
+def test_a_server_that_gives_no_answer_leaves_the_search_to_the_command(
+    tmp_path: Path, photos: Path, listening: bool
 ) -> None:
     data = tmp_path / "data"
     run_cli("index", str(photos), *TINY_ARGS, "--data-dir", str(data), "--workers", "1")
-    with announced(data, "0.0.0.0", free_port()):  # announced, and nothing listens there
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        if listening:
+            other = http.server.ThreadingHTTPServer(("127.0.0.1", port), NotClipsearch)
+            stack.callback(other.server_close)
+            threading.Thread(target=other.serve_forever, daemon=True).start()
+            stack.callback(other.shutdown)
+        stack.enter_context(announced(data, "0.0.0.0", port))
         assert server_url(data) is not None
         stdout, stderr = search(data, "a boat", "--json")
     assert json.loads(stdout)["count"] > 0 and ANSWERED not in stderr
