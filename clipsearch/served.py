@@ -126,10 +126,10 @@ def ask(url: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
 def _page(answer: object) -> dict[str, Any] | None:
     """`answer` if it has the API's shape as far as the command reads it, else None (whatever
     listens there, it is not a clipsearch server of this release)."""
-    results = answer.get("results") if isinstance(answer, dict) else None
-    if not isinstance(results, list) or not all(map(_is_result, results)):
+    if not isinstance(answer, dict):
         return None
-    return answer  # type: ignore[return-value]
+    results = answer.get("results")
+    return answer if isinstance(results, list) and all(map(_is_result, results)) else None
 
 
 def _is_result(result: object) -> bool:
