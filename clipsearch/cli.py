@@ -283,7 +283,7 @@ def search(
 
     TEXT may combine weighted terms, and a term may be an image file:
     'cat + 2:grass - dog', 'beach - people', 'photo.jpg + snow'. A `clipsearch serve` running
-    on the collection answers it, in a fraction of the time (unless --device is given).
+    on the collection answers it, in a fraction of the time (unless --device names cpu or cuda).
     """
     fields = _search_fields(text, image, like, attr, options)
     request = _usage(SearchRequest.parse, fields)

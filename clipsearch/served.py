@@ -3,7 +3,7 @@
 A one-shot `clipsearch search` spends seconds importing torch and loading the model for a query
 that then takes milliseconds; a running server has both ready. So a server writes where it
 listens into its collection's directory, and `clipsearch search` asks it when it finds one: the
-same request body, the same results, the same JSON, a tenth of the time.
+same request body, the same results, the same JSON, in an eighth of the time.
 
 The server holds an exclusive lock on that file for as long as it runs, and the kernel drops the
 lock with the process, kill -9 included: a file whose lock a reader can take is stale. No pid to
