@@ -10,8 +10,9 @@
 # files in .prev/, both ignored by git. Then, through the device tool:
 #     run(command="bash benchmarks/gpu.sh measure", carry=[".whl", ".prev"], timeout_s=600)
 # Each figure is printed and kept as JSON in $OUT, the most wanted first, so that a run cut short
-# still returns those. COUNT, N and DEVICE (20000, 1000000, cuda) make a smaller dry run on a CPU:
-#     COUNT=300 N=20000 DEVICE=cpu bash benchmarks/gpu.sh measure
+# still returns those: 20,000 224 px JPEGs indexed, queries at 1M vectors, 160 12 MP JPEGs
+# indexed. COUNT, N, LARGE and DEVICE (20000, 1000000, 160, cuda) make a smaller dry run on a CPU:
+#     COUNT=300 N=20000 LARGE=8 DEVICE=cpu bash benchmarks/gpu.sh measure
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +45,8 @@ EOF
 }
 
 measure() {
-    local count=${COUNT:-20000} n=${N:-1000000} device=${DEVICE:-cuda} out=${OUT:-/tmp/gpu-figures}
+    local count=${COUNT:-20000} n=${N:-1000000} large=${LARGE:-160} device=${DEVICE:-cuda}
+    local out=${OUT:-/tmp/gpu-figures}
     local images=/tmp/gpu-224px
     rm -rf "$images" && mkdir -p "$out"
     if [ -d .whl ]; then
@@ -59,6 +61,8 @@ measure() {
         --batch-size 256 --baseline .prev --runs 2 | tee "$out/index_224px.json"
     python3 benchmarks/query_latency.py --n "$n" --device "$device" --json --baseline .prev \
         | tee "$out/query_latency.json"
+    python3 benchmarks/index_throughput.py --generate "$large" --device "$device" \
+        --baseline .prev --runs 1 | tee "$out/index_12mp.json"
 }
 
 "$@"

@@ -20,8 +20,8 @@ from tests.conftest import TINY_ARGS, free_port, one_line, run_cli, serving
 ANSWERED = "answered by the server at"
 
 
-def search(data: Path, *args: str, check: bool = True) -> tuple[str, str]:
-    done = run_cli("search", *args, "--data-dir", str(data), check=check)
+def search(data: Path, *args: str) -> tuple[str, str]:
+    done = run_cli("search", *args, "--data-dir", str(data))
     return done.stdout, done.stderr
 
 
