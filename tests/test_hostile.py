@@ -110,7 +110,8 @@ def workers_of(pid: int) -> list[int]:
 
 def decode_workers(indexer: subprocess.Popen[str], count: int) -> list[int]:
     """The indexer's decode workers, once `count` of them have lived for 0.1 s: the fork server
-    has other children that come and go (a subprocess that an import runs, at about 0.9 s)."""
+    has other children that come and go (importing torch runs `ldconfig -p`, through
+    cuda.pathfinder's ctypes.util.find_library)."""
     deadline = time.monotonic() + 120
     while True:
         assert indexer.poll() is None and time.monotonic() < deadline, "no workers seen"
