@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from search.errors import ClipsearchError
+from search.storage import read_small_text
 
 SERVER_FILE = "server.json"
 ASK_TIMEOUT_SECONDS = 10  # a server busier than this: the command loads the model itself
 _LOCK_TRIES = 20  # a reader holds the lock for microseconds; another server for good
-_MAX_FILE_BYTES = 4096
+_MAX_READ_BYTES = 4096  # the server file, or an error's body
 _HOST = socket.gethostname()
 
 
@@ -88,13 +89,11 @@ def server_url(data_dir: Path) -> str | None:
     """The address of a server running on the collection in `data_dir`, if one announced itself
     on this machine (a collection on a shared disk may be served from another)."""
     path = data_dir / SERVER_FILE
-    if not path.is_file():  # a FIFO by that name would block the reader
-        return None
     try:
+        said = json.loads(read_small_text(path, _MAX_READ_BYTES))  # never a FIFO's wait
         with path.open(encoding="utf-8") as handle:
             if _locked(handle, fcntl.LOCK_SH):
                 return None  # nobody holds it: that server has stopped
-            said = json.loads(handle.read(_MAX_FILE_BYTES))
         url, host = said["url"], said["host"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -149,5 +148,5 @@ def _base64(value: object) -> str:
 
 def _error(exc: urllib.error.HTTPError) -> str:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return str(json.loads(exc.read(_MAX_FILE_BYTES))["error"])
+        return str(json.loads(exc.read(_MAX_READ_BYTES))["error"])
     return f"the server at {exc.url} answered {exc.code}"
