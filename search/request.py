@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -160,12 +161,15 @@ def _form_bool(value: Any, info: ValidationInfo) -> Any:
 
 
 def _form_collapse(value: Any, info: ValidationInfo) -> Any:
-    if info.mode == "python" and isinstance(value, str) and value not in ("true", "false"):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError("give true, false or a cosine") from None
-    return _form_bool(value, info)
+    """true, false or a cosine (in words from a query string or form); anything else is told
+    so in one sentence, rather than once per branch of the union."""
+    if info.mode == "python" and isinstance(value, str):
+        value = {"true": True, "false": False}.get(value, value)
+        with contextlib.suppress(ValueError):
+            value = float(value) if isinstance(value, str) else value
+    if isinstance(value, bool) or (isinstance(value, int | float) and 0 < value <= 1):
+        return value
+    raise ValueError("give true, false or a cosine above 0 and at most 1")
 
 
 FormBool = Annotated[bool, BeforeValidator(_form_bool)]
@@ -321,9 +325,21 @@ def _first_error(exc: ValidationError) -> str:
     that is not a string says why it is not a term)."""
     errors = exc.errors(include_url=False)
     error = max(errors, key=lambda e: (len(e["loc"]), e["type"] != "string_type"))
-    where = ".".join(str(part) for part in error["loc"] if not _INTERNAL.search(str(part)))
     message = error["msg"].removeprefix("Value error, ")
+    where = ".".join(_user_loc(error["loc"]))
     return f"{where}: {message}" if where else message
 
 
+def _user_loc(loc: tuple[int | str, ...]) -> list[str]:
+    """The path to a field as the client wrote it, without pydantic's names for union branches
+    and validators, and without the tag of the term kind taken (positive.0.weight, not
+    positive.0.text.weight)."""
+    parts = []
+    for before, part in zip((None, *loc), loc, strict=False):
+        if not _INTERNAL.search(str(part)) and not (_TAGGED.match(str(before)) and part in TERMS):
+            parts.append(str(part))
+    return parts
+
+
 _INTERNAL = re.compile(r"[\[-]")  # pydantic's names for union branches and validators
+_TAGGED = re.compile(r"tagged-union\[")  # followed by the tag of the branch taken

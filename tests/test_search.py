@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,12 +81,12 @@ def test_min_score_cuts_the_list(engine: SearchEngine) -> None:
 
 def test_negative_terms_push_results_away(engine: SearchEngine) -> None:
     ids, _ = stored(engine.collection)
-    plain = engine.query_vector([IdTerm(image_id=int(ids[0]))])
-    pushed = engine.query_vector(
-        [IdTerm(image_id=int(ids[0]))], [IdTerm(image_id=int(ids[0]), weight=0.9)]
-    )
-    own = engine.image(int(ids[0])).vector
-    assert np.dot(pushed, own) < np.dot(plain, own)
+    wanted, unwanted = (IdTerm(image_id=int(i)) for i in ids[:2])
+    plain = engine.query_vector([wanted])
+    pushed = engine.query_vector([wanted], [unwanted.model_copy(update={"weight": 0.5})])
+    # Away from the negative term (a term minus a share of itself would only shrink it).
+    away = engine.image(unwanted.image_id).vector
+    assert np.dot(pushed, away) < np.dot(plain, away) - 0.01
     with pytest.raises(BadRequest, match="cancel"):
         engine.query_vector([TextTerm(text="x")], [TextTerm(text="x")])
 
@@ -96,6 +97,21 @@ def test_bad_queries(engine: SearchEngine) -> None:
             SearchRequest.parse(fields)
     with pytest.raises(NotFound):
         engine.query_vector([IdTerm(image_id=999_999)])
+    # One sentence for every wrong collapse, from a form or JSON, never a union branch's name.
+    said = "collapse: give true, false or a cosine above 0 and at most 1"
+    for value in ("-1", "2", "0", "nan", "maybe"):
+        with pytest.raises(BadRequest, match=f"^{said}$"):
+            SearchRequest.from_flat({"q": "x", "collapse": value})
+    for body in (b'{"q": "x", "collapse": 1.5}', b'{"q": "x", "collapse": "0.9"}'):
+        with pytest.raises(BadRequest, match=f"^{said}$"):
+            SearchRequest.from_json(body)
+    assert SearchRequest.from_flat({"q": "x", "collapse": "0.9"}).collapse_cosine == 0.9
+    for body, where in (
+        ({"positive": [{"text": "a", "weight": -1}]}, "positive.0.weight"),
+        ({"negative": [{"embedding": [1, "a"]}]}, "negative.0.embedding.1"),
+    ):
+        with pytest.raises(BadRequest, match=f"^{re.escape(where)}: Input should be"):
+            SearchRequest.parse(body)
 
 
 def test_filters_keep_exact_results_and_never_return_fewer_than_exist(
