@@ -36,11 +36,12 @@ _HOST = socket.gethostname()
 
 
 @contextlib.contextmanager
-def announced(data_dir: Path, host: str, port: int) -> Iterator[None]:
-    """Tell searches on `data_dir` that a server listens on host:port while the block runs.
+def announced(data_dir: Path, host: str, port: int, prefix: str = "") -> Iterator[None]:
+    """Tell searches on `data_dir` that a server listens on host:port, its app mounted at
+    `prefix` ("" for the root), while the block runs.
     Nothing is announced where the directory cannot be written (the server still serves) or
     while another server announces the collection."""
-    handle = _claimed(data_dir / SERVER_FILE, _url(host, port))
+    handle = _claimed(data_dir / SERVER_FILE, _url(host, port) + prefix)
     if handle is None:
         yield
         return

@@ -23,6 +23,7 @@ from search.collection import Collection
 from search.errors import BadRequest, NotFound, NotReady
 from search.filters import Filters, facets
 from search.imaging import decode_for_model
+from search.languages import notice
 from search.request import (
     MAX_IMAGE_ID,
     MIN_DUPLICATE_COSINE,
@@ -59,6 +60,7 @@ class Page:
     k: int
     offset: int
     took_ms: float
+    notice: str | None = None  # a code of search.languages.NOTICES
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ class SearchEngine:
             now,
         )
         page.took_ms = (time.perf_counter() - started) * 1000
+        texts = [term.text for term in (*positive, *negative) if isinstance(term, TextTerm)]
+        page.notice = notice(texts, now.collection.spec.multilingual)
         return page
 
     def search(

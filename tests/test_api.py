@@ -18,7 +18,7 @@ from search.collection import Collection
 from search.engine import SearchEngine
 from search.errors import CODES
 from search.model import Encoder
-from tests.conftest import SAMPLES, copy_samples
+from tests.conftest import SAMPLES, copy_samples, serving
 from web import create_app
 
 # A schema states which requests are well formed, not every reason to refuse one: an image that
@@ -36,7 +36,7 @@ def get(server: str, path: str, **params: object) -> requests.Response:
 
 def test_search_get_has_the_spec_shape(server: str) -> None:
     body = get(server, "/api/search", q="dog", k=5).json()
-    assert set(body) == {"results", "count", "k", "offset", "took_ms", "model"}
+    assert set(body) == {"results", "count", "k", "offset", "took_ms", "model", "notice"}
     assert body["count"] == 5 and body["k"] == 5 and body["offset"] == 0
     first = body["results"][0]
     assert set(first) == {
@@ -221,9 +221,28 @@ def test_many_concurrent_clients_get_no_errors(server: str) -> None:
     assert len(statuses) == 640 and set(statuses) == {200}
 
 
+def test_under_a_url_prefix_every_url_carries_it(indexed: Collection) -> None:
+    """Behind a reverse proxy at /shop: the links, the page's own requests and the API
+    document all start with /shop, whether the proxy passes the prefix on or strips it."""
+    with serving(indexed.root, "--url-prefix", "shop/") as (base, _process):
+        shop = f"{base}/shop"
+        hit = get(shop, "/api/search", q="apple", k=1).json()["results"][0]
+        assert (hit["url"], hit["thumbnail_url"]) == (
+            f"/shop/images/{hit['id']}",
+            f"/shop/thumbs/{hit['id']}",
+        )
+        for url in (hit["url"], hit["thumbnail_url"], f"/shop/api/images/{hit['id']}"):
+            assert get(base, url).ok
+        assert get(base, "/api/search", q="apple", k=1).json()["results"][0] == hit  # stripped
+        assert get(shop, "/api/openapi.json").json()["servers"] == [{"url": "/shop"}]
+        html = get(shop, "/").text
+        assert 'data-root="/shop"' in html and 'src="/shop/static/app.js"' in html
+
+
 def test_openapi_facets_and_cors(server: str, indexed: Collection, encoder: Encoder) -> None:
     spec = get(server, "/api/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/api/search" in spec["paths"]
+    assert spec["servers"] == [{"url": "/"}]
     limits = spec["components"]["schemas"]["SearchRequest"]["properties"]["k"]
     assert limits["maximum"] == 1000
     facets = get(server, "/api/facets").json()

@@ -3,6 +3,7 @@ what a person does with it, and that nothing breaks while they do."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from search.collection import Collection
 from tests import multilingual
 from tests.conftest import SAMPLES, TINY_THRESHOLD, copy_samples, run_cli, serving
 from web.messages import MESSAGES
@@ -37,9 +39,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, server: str, request: pytest.FixtureRequest) -> Iterator[Page]:
+    with watched(browser, server, request) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def watched(browser: Browser, base: str, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh page that fails the test on any script error or failed request (an HTTP error
     too, unless the test is marked `http_errors`)."""
-    context = browser.new_context(base_url=server)
+    context = browser.new_context(base_url=base)
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
@@ -56,6 +64,7 @@ def page(browser: Browser, server: str, request: pytest.FixtureRequest) -> Itera
 
 
 LOADED = "[...document.querySelectorAll('#results img')].filter(i => i.naturalWidth > 0).length"
+ONLY_PNG = "[...document.querySelectorAll('#results img')].every(i => i.alt.endsWith('.png'))"
 
 
 def wait_until(page: Page, expression: str, timeout: float = 20) -> None:
@@ -76,6 +85,16 @@ def test_typing_a_query_shows_loaded_thumbnails(page: Page) -> None:
     expect(page.locator("#status")).to_contain_text("Results: 12 in")
     scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_a_query_the_model_cannot_read_says_so_until_the_next(page: Page) -> None:
+    page.goto("/")
+    page.locator("#q").fill("红色的苹果")
+    expect(page.locator("#notice")).to_have_text(MESSAGES["en"]["notice_english_only"])
+    wait_until(page, f"{LOADED} >= 5")  # answered all the same
+    page.locator("#q").fill("a red apple")
+    expect(page).to_have_url(re.compile(r"q=a\+red\+apple"))
+    expect(page.locator("#notice")).to_be_hidden()
 
 
 def test_lightbox_and_more_like_this(page: Page) -> None:
@@ -102,6 +121,33 @@ def test_lightbox_and_more_like_this(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"q=boat"))
 
 
+@pytest.fixture(scope="module")
+def shop(indexed: Collection) -> Iterator[str]:
+    """The collection served under /shop, as behind a reverse proxy."""
+    with serving(indexed.root, "--url-prefix", "/shop") as (base, _process):
+        yield f"{base}/shop"
+
+
+def test_under_a_url_prefix_the_page_works_as_at_the_root(
+    browser: Browser, shop: str, request: pytest.FixtureRequest
+) -> None:
+    with watched(browser, shop, request) as page:
+        asked: list[str] = []  # a proxy passes on what is under /shop only
+        page.on("request", lambda sent: asked.append(sent.url))
+        page.goto(f"{shop}/")
+        page.locator("#q").press_sequentially("a red apple", delay=40)
+        wait_until(page, f"{LOADED} >= 5")
+        page.locator("#filters summary").click()
+        page.locator("select[name=ext]").select_option("png")  # the choices of /api/facets
+        wait_until(page, ONLY_PNG)
+        page.locator("#results li a[data-index]").first.click()
+        expect(page.locator("#lightbox-meta")).to_contain_text("bytes")  # from /api/images/ID
+        page.locator("#lightbox-like").click()
+        expect(page).to_have_url(re.compile(rf"^{re.escape(shop)}/\?.*image_id=\d+"))
+        wait_until(page, f"{LOADED} >= 2")
+    assert asked and [url for url in asked if not url.startswith(f"{shop}/")] == []
+
+
 def test_search_by_uploaded_image(page: Page) -> None:
     page.goto("/")
     page.locator("#upload").set_input_files(SAMPLES / "red-house.jpg")
@@ -117,9 +163,7 @@ def test_filters_narrow_the_results(page: Page) -> None:
     page.locator("#filters summary").click()
     page.locator("select[name=ext]").select_option("png")
     expect(page).to_have_url(re.compile(r"ext=png"))
-    wait_until(
-        page, "[...document.querySelectorAll('#results img')].every(i => i.alt.endsWith('.png'))"
-    )
+    wait_until(page, ONLY_PNG)
     assert page.locator("#results img").count() == 4
 
 

@@ -27,8 +27,12 @@ def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
     found = json.loads(run_cli("search", "a red apple", "-k", "5", *data, "--json").stdout)
     scores = [r["score"] for r in found["results"]]
     assert found["count"] == 5 and scores == sorted(scores, reverse=True)
-    assert found["model"] == "tiny-clip/none"
+    assert found["model"] == "tiny-clip/none" and found["notice"] is None
     first_id = found["results"][0]["id"]
+    # A query the English model cannot read is answered, with a word on why it finds little.
+    chinese = run_cli("search", "红色的苹果", "-k", "3", *data)
+    assert len(chinese.stdout.splitlines()) == 3
+    assert "clipsearch: this collection's model reads English only:" in chinese.stderr
 
     like = json.loads(run_cli("search", "--like", str(first_id), *data, "--json").stdout)
     assert first_id not in [r["id"] for r in like["results"]]

@@ -251,3 +251,8 @@ def test_usage_errors_exit_2_before_any_model_loads(small: Path) -> None:
         result = run_cli("search", "x", *bad, "--data-dir", str(small / "data"), check=False)
         assert result.returncode == 2, (bad, result.stderr)
         assert "RANDOM WEIGHTS" not in result.stderr  # the model was never built
+    for prefix in ("/a b", "/../etc", "/shop?x=1"):
+        result = run_cli(
+            "serve", "--url-prefix", prefix, "--data-dir", str(small / "data"), check=False
+        )
+        assert result.returncode == 2 and "--url-prefix" in result.stderr, (prefix, result.stderr)

@@ -53,7 +53,7 @@ def test_the_page_speaks_the_language_asked_for(
         timeout=60,
     )
     assert response.status_code == 200
-    assert f'<html lang="{language}">' in response.text
+    assert f'<html lang="{language}" ' in response.text
     assert label in response.text
     assert response.headers["Content-Language"] == language
     assert "Accept-Language" in response.headers["Vary"]

@@ -89,6 +89,7 @@ def test_index_and_search_in_chinese(tiny: Tiny, tmp_path: Path, photos: Path) -
     run_cli("index", str(photos), *tiny.args, *data, "-q")
     found = json.loads(run_cli("search", QUERIES[0], "-k", "3", *data, "--json").stdout)
     assert found["count"] == 3 and found["model"].startswith("tiny-xlmr/checkpoint-")
+    assert found["notice"] is None  # a multilingual model reads the Chinese query
     itself = found["results"][0]["id"]
     like = run_cli("search", "--like", str(itself), "--include-query", *data, "--json").stdout
     assert json.loads(like)["results"][0]["score"] >= 0.99

@@ -14,10 +14,12 @@ from flask.testing import FlaskClient
 from search.collection import Collection
 from search.engine import SearchEngine
 from search.evaluation import recall, relevant_ranks
+from search.languages import NOTICES
 from search.model import Encoder
 from search.syntax import QueryPart, parse_query
 from tests.conftest import TINY_ARGS, build, draw_photos, run_cli
 from web import create_app
+from web.messages import MESSAGES
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,29 @@ def test_a_folder_filter_returns_exactly_that_folder(client: FlaskClient) -> Non
     assert all(r["path"].startswith("beta/") for r in page["results"])
     alpha = search(client, text="a photo", k=100, filters={"folder": "alpha"})
     assert alpha["count"] == 60
+
+
+def test_a_query_in_a_script_the_model_cannot_read_comes_with_a_notice(
+    client: FlaskClient,
+) -> None:
+    chinese = search(client, text="红色的圆", k=3)
+    assert chinese["count"] == 3 and chinese["notice"]["code"] == "english_only"
+    assert chinese["notice"]["message"] == NOTICES["english_only"]
+    image_id = ids(chinese)[0]
+    for body in (
+        {"text": "red circles"},
+        {"text": "café crème brûlée"},  # Latin script: read, however well
+        {"image_id": image_id},
+        {"positive": ["red", {"image_id": image_id}]},
+    ):
+        assert search(client, **body, k=3)["notice"] is None, body
+    mixed = search(client, positive=["red circles"], negative=["蓝色"], k=3)
+    assert mixed["notice"]["code"] == "english_only"
+    # The page says it in its reader's language, and only where it applies.
+    page = client.get("/?q=红色的圆", headers={"Accept-Language": "zh"}).get_data(as_text=True)
+    assert MESSAGES["zh"]["notice_english_only"] in page
+    page = client.get("/?q=red", headers={"Accept-Language": "zh"}).get_data(as_text=True)
+    assert MESSAGES["zh"]["notice_english_only"] not in page and 'role="note" hidden' in page
 
 
 def test_two_pages_are_the_top_twenty(client: FlaskClient) -> None:

@@ -61,8 +61,10 @@ def test_a_search_is_answered_by_the_server_running_on_its_collection(
         stdout, stderr = search(data, *text, "--json")
         assert ranked(stdout) == ranked(here[text][0]) and ANSWERED not in stderr
 
-    with serving(data) as (base, process):  # the next server takes over the file left behind
-        assert server_url(data) == base
+    # The next server takes over the file left behind, and names the path it is mounted at.
+    with serving(data, "--url-prefix", "/photos") as (base, process):
+        assert server_url(data) == f"{base}/photos"
+        assert search(data, *text) == (listed, f"clipsearch: {ANSWERED} {base}/photos\n")
         process.send_signal(signal.SIGTERM)  # as a service manager stops it
         assert process.wait(timeout=30) == 0
     assert not (data / SERVER_FILE).exists()

@@ -11,7 +11,7 @@ from search.request import DuplicatesRequest
 from web import get_engine
 from web.openapi import document
 from web.params import parse_search
-from web.results import duplicates_json, image_json, page_json
+from web.results import duplicates_json, image_json, mount_point, page_json
 
 api = Blueprint("api", __name__, url_prefix="/api")
 
@@ -25,7 +25,7 @@ def search() -> Any:
 
 @api.get("/images/<int:image_id>")
 def image(image_id: int) -> Any:
-    return jsonify(image_json(get_engine().image(image_id)))
+    return jsonify(image_json(get_engine().image(image_id), mount_point()))
 
 
 @api.get("/stats")
@@ -54,4 +54,4 @@ def openapi() -> Any:
         release = version("clipsearch")
     except PackageNotFoundError:
         release = "dev"
-    return jsonify(document(release))
+    return jsonify(document(release, mount_point()))

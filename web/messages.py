@@ -66,6 +66,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "best_copy": "best copy",
         "same_file": "same file",
         "more_groups": "More groups",
+        "notice_english_only": "This collection's model reads English only: queries in Chinese"
+        " and other non-Latin scripts find little. Index with a multilingual model"
+        " (xlm-roberta-base-ViT-B-32) to search in them.",
         # The server's errors by code (search/errors.py); {detail} is its English message.
         "error_error": "{detail}",
         "error_server": "The collection cannot be searched right now: {detail}",
@@ -128,6 +131,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "best_copy": "最佳副本",
         "same_file": "完全相同的文件",
         "more_groups": "更多",
+        "notice_english_only": "这个图库的模型只读得懂英文：用中文等非拉丁文字查询几乎找不到相关的"
+        "图片。要用中文搜索，请用多语言模型（如 xlm-roberta-base-ViT-B-32）建立索引。",
         "error_error": "出错了：{detail}",
         "error_server": "暂时无法搜索这个图库：{detail}",
         "error_internal": "服务器处理这次搜索时出错了，请重试。",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from search.errors import CODES
 from search.filters import filters_schema
+from search.languages import NOTICES
 from search.request import FLAT_FIELDS, MAX_IMAGE_ID, DuplicatesRequest, SearchRequest
 from search.tags import MIN_TAG_PROBABILITY
 
@@ -52,6 +53,14 @@ class Result(BaseModel):
     tags: ImageTags
 
 
+class Notice(BaseModel):
+    code: str = Field(
+        description="What to tell, for saying it in another language.",
+        json_schema_extra={"enum": list(NOTICES)},
+    )
+    message: str = Field(description="The same, in English.")
+
+
 class Results(BaseModel):
     results: list[Result] = Field(description="In descending score order.")
     count: int
@@ -59,6 +68,10 @@ class Results(BaseModel):
     offset: int
     took_ms: float
     model: str
+    notice: Notice | None = Field(
+        description="A word for the reader beside the results, such as a query in a script "
+        "the model cannot read"
+    )
 
 
 class ImageInfo(BaseModel):
@@ -142,7 +155,8 @@ class Health(BaseModel):
     images: int
 
 
-def document(version: str) -> dict[str, Any]:
+def document(version: str, root: str) -> dict[str, Any]:
+    """The API of a server mounted at `root` (`serve --url-prefix`): its paths start there."""
     request = SearchRequest.model_json_schema(ref_template=REF)
     schemas = {**request.pop("$defs", {}), "SearchRequest": request}
     for model in (Error, Results, ImageInfo, Stats, Duplicates, Facets, Health):
@@ -156,6 +170,7 @@ def document(version: str) -> dict[str, Any]:
             "version": version,
             "description": "Text-to-image semantic search over one collection.",
         },
+        "servers": [{"url": root or "/"}],
         "paths": {
             "/api/search": {
                 "get": _search_get(query),

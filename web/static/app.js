@@ -7,6 +7,8 @@ const PAGE = 40;
 const DEBOUNCE_MS = 250;
 
 const $ = (id) => document.getElementById(id);
+// Where the app is mounted (`clipsearch serve --url-prefix /photos`); "" at the site's root.
+const ROOT = document.documentElement.dataset.root;
 
 // The page's strings in its language (web/messages.py): whole sentences with {fields}.
 const MESSAGES = JSON.parse($("messages").textContent);
@@ -60,6 +62,7 @@ async function search({ append = false, push = false } = {}) {
     state.hits = [];
     const url = state.upload || !hasQuery() ? location.pathname : `${location.pathname}?${queryParams()}`;
     history[push ? "pushState" : "replaceState"](null, "", url);
+    setNotice(null);
   }
   if (!hasQuery()) {
     grid.replaceChildren();
@@ -82,14 +85,15 @@ async function search({ append = false, push = false } = {}) {
       const body = new FormData();
       for (const [key, value] of params) if (key !== "q") body.set(key, value);
       body.set("image", state.upload);
-      response = await fetch("/api/search", { method: "POST", body, signal: request.signal });
+      response = await fetch(`${ROOT}/api/search`, { method: "POST", body, signal: request.signal });
     } else {
-      response = await fetch(`/api/search?${params}`, { signal: request.signal });
+      response = await fetch(`${ROOT}/api/search?${params}`, { signal: request.signal });
     }
     const data = await response.json();
     if (!response.ok) throw new Error(errorText(data, response.status));
     if (!append) grid.replaceChildren();
     show(data, append);
+    if (!append) setNotice(data.notice);
   } catch (error) {
     if (error.name === "AbortError") return;
     if (!append) grid.replaceChildren();
@@ -123,6 +127,14 @@ function errorText(data, status) {
   if (!data.error) return t("server_answered", { status });
   const key = `error_${data.code}`;
   return key in MESSAGES ? t(key, { ...data.fields, detail: data.error }) : data.error;
+}
+
+// A word from the server beside the results (a query in a script the model cannot read).
+function setNotice(notice) {
+  const line = $("notice");
+  const key = notice && `notice_${notice.code}`;
+  line.textContent = notice ? (key in MESSAGES ? t(key) : notice.message) : "";
+  line.hidden = !notice;
 }
 
 function setStatus(text, error = false) {
@@ -203,7 +215,7 @@ function card(hit, index) {
   score.textContent = hit.score.toFixed(3);
   const similar = document.createElement("a");
   similar.className = "similar";
-  similar.href = `/?image_id=${hit.id}`;
+  similar.href = `${ROOT}/?image_id=${hit.id}`;
   similar.textContent = t("more_like_this");
   similar.addEventListener("click", (event) => {
     event.preventDefault();
@@ -266,7 +278,7 @@ async function openLightbox(index) {
   meta.replaceChildren();
   const rows = [[t("score"), hit.score.toFixed(4)], [t("path"), hit.path], [t("size"), `${hit.width} × ${hit.height}`]];
   try {
-    const response = await fetch(`/api/images/${hit.id}`);
+    const response = await fetch(`${ROOT}/api/images/${hit.id}`);
     if (response.ok) {
       const details = await response.json();
       rows.push(["taken", details.taken_at.slice(0, 16).replace("T", " ")], ["bytes", details.size.toLocaleString()]);
@@ -310,7 +322,7 @@ function searchByImage(file) {
 async function loadFacets() {
   let facets;
   try {
-    const response = await fetch("/api/facets");
+    const response = await fetch(`${ROOT}/api/facets`);
     if (!response.ok) return;
     facets = await response.json();
   } catch {
