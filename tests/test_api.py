@@ -222,8 +222,9 @@ def test_many_concurrent_clients_get_no_errors(server: str) -> None:
 
 
 def test_under_a_url_prefix_every_url_carries_it(indexed: Collection) -> None:
-    """Behind a reverse proxy at /shop: the links, the page's own requests and the API
-    document all start with /shop, whether the proxy passes the prefix on or strips it."""
+    """Behind a reverse proxy at /shop: the result links, the page's mount point and script,
+    and the API document all start with /shop, whether the proxy passes the prefix on or strips
+    it (the page's own requests: test_browser.py)."""
     with serving(indexed.root, "--url-prefix", "shop/") as (base, _process):
         shop = f"{base}/shop"
         hit = get(shop, "/api/search", q="apple", k=1).json()["results"][0]
