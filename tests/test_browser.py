@@ -46,7 +46,7 @@ def page(browser: Browser, server: str, request: pytest.FixtureRequest) -> Itera
 @contextlib.contextmanager
 def watched(browser: Browser, base: str, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh page that fails the test on any script error or failed request (an HTTP error
-    too, unless the test is marked `http_errors`)."""
+    too, unless the test is marked `http_errors`), but for those the page cancels itself."""
     context = browser.new_context(base_url=base)
     page = context.new_page()
     problems: list[str] = []
@@ -55,7 +55,14 @@ def watched(browser: Browser, base: str, request: pytest.FixtureRequest) -> Iter
         "console",
         lambda message: message.type == "error" and problems.append(f"console: {message.text}"),
     )
-    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    page.on(
+        "requestfailed",
+        # ERR_ABORTED is the page's own doing: a new search cancels the one in flight.
+        lambda request: (
+            request.failure == "net::ERR_ABORTED"
+            or problems.append(f"failed: {request.url} ({request.failure})")
+        ),
+    )
     yield page
     context.close()
     if request.node.get_closest_marker("http_errors"):
@@ -264,7 +271,14 @@ def test_the_duplicates_page_shows_each_group_best_copy_first(
         page = context.new_page()
         problems: list[str] = []
         page.on("pageerror", lambda error: problems.append(str(error)))
-        page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+        page.on(
+            "requestfailed",
+            # ERR_ABORTED is the page's own doing: a new search cancels the one in flight.
+            lambda request: (
+                request.failure == "net::ERR_ABORTED"
+                or problems.append(f"failed: {request.url} ({request.failure})")
+            ),
+        )
         page.goto("/")
         with page.expect_navigation():
             page.get_by_role("link", name=MESSAGES["zh"]["duplicates"]).click()
