@@ -176,6 +176,9 @@ def test_filters_narrow_the_results(page: Page) -> None:
 
 def test_a_tag_on_a_result_narrows_the_results_to_it(page: Page, server: str) -> None:
     page.goto("/?q=sky")
+    # The script searches again on load (40 results, not the 20 rendered): a chip is clicked
+    # once that answer is in, not while the list under it is being replaced.
+    wait_until(page, "!document.body.hasAttribute('aria-busy')")
     chip = page.locator("#results .tag").first
     chip.wait_for()
     name = chip.inner_text()
