@@ -151,12 +151,15 @@ Term = Annotated[
 Terms = Annotated[list[Text | Term], Field(max_length=MAX_TERMS)]
 
 
+_WORDS = {"true": True, "false": False}  # a boolean as a query string or form says it
+
+
 def _form_bool(value: Any, info: ValidationInfo) -> Any:
     """A query string or form says true or false in words; JSON with its own booleans."""
     if info.mode == "python" and isinstance(value, str):
-        if value not in ("true", "false"):
+        if value not in _WORDS:
             raise ValueError("give true or false")
-        return value == "true"
+        return _WORDS[value]
     return value
 
 
@@ -164,9 +167,11 @@ def _form_collapse(value: Any, info: ValidationInfo) -> Any:
     """true, false or a cosine (in words from a query string or form); anything else is told
     so in one sentence, rather than once per branch of the union."""
     if info.mode == "python" and isinstance(value, str):
-        value = {"true": True, "false": False}.get(value, value)
-        with contextlib.suppress(ValueError):
-            value = float(value) if isinstance(value, str) else value
+        if value in _WORDS:
+            value = _WORDS[value]
+        else:
+            with contextlib.suppress(ValueError):
+                value = float(value)
     if isinstance(value, bool) or (isinstance(value, int | float) and 0 < value <= 1):
         return value
     raise ValueError("give true, false or a cosine above 0 and at most 1")
@@ -336,10 +341,11 @@ def _user_loc(loc: tuple[int | str, ...]) -> list[str]:
     positive.0.text.weight)."""
     parts = []
     for before, part in zip((None, *loc), loc, strict=False):
-        if not _INTERNAL.search(str(part)) and not (_TAGGED.match(str(before)) and part in TERMS):
+        tag = str(before).startswith(_TAGGED_UNION) and part in TERMS
+        if not tag and not _INTERNAL.search(str(part)):
             parts.append(str(part))
     return parts
 
 
 _INTERNAL = re.compile(r"[\[-]")  # pydantic's names for union branches and validators
-_TAGGED = re.compile(r"tagged-union\[")  # followed by the tag of the branch taken
+_TAGGED_UNION = "tagged-union["  # pydantic's name for one, followed by the tag of the branch
