@@ -3,22 +3,26 @@ turned into SQL over the catalog."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Float, String, and_, cast, func, select, text
+from sqlalchemy import Float, Numeric, Select, String, and_, case, cast, func, select, true
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from search.catalog import ImageRecord, ImageTag, Tag
 from search.errors import BadRequest
 
-_ATTR = re.compile(r"^attr_(?P<name>[A-Za-z0-9_.-]+?)(?:_(?P<bound>min|max))?$")
-_ATTR_KEY = "^attr_[A-Za-z0-9_.-]+$"  # _ATTR, as JSON Schema (ECMA regex) says it
+# A catalog column's name, in any script (a Chinese shop's 价格), but no quote, backslash or
+# control character: the name goes into a JSON path, $."NAME", which cannot escape them.
+_NAME_CHAR = r'[^"\\\u0000-\u001f]'  # the same in Python's regex and in JSON Schema's (ECMA)
+_ATTR = re.compile(rf"^attr_(?P<name>{_NAME_CHAR}+?)(?:_(?P<bound>min|max))?$")
+_ATTR_KEY = rf"^attr_{_NAME_CHAR}+$"  # _ATTR, as JSON Schema says it
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 FILTER_KEYS = ("folder", "ext", "date_from", "date_to", "tag")
 MAX_FILTER_CHARS = 1000
@@ -69,7 +73,7 @@ class Filters:
         highs: dict[str, float] = {}
         for key, value in values.items():
             match = _ATTR.match(key)
-            if not match:
+            if not match or value == "":  # as for every filter, empty is no filter (forms send "")
                 continue
             name, bound = match["name"], match["bound"]
             if bound is None:
@@ -108,9 +112,11 @@ class Filters:
         for name, value in self.attr_equals.items():
             conditions.append(cast(_attribute(name), String) == value)
         for name, value in self.attr_min.items():
-            conditions.append(cast(_attribute(name), Float) >= value)
+            number = _attribute(name)
+            conditions.append(and_(cast(number, Numeric) >= value, _is_number(number)))
         for name, value in self.attr_max.items():
-            conditions.append(cast(_attribute(name), Float) <= value)
+            number = _attribute(name)
+            conditions.append(and_(cast(number, Numeric) <= value, _is_number(number)))
         return and_(*conditions)
 
 
@@ -136,7 +142,8 @@ def filters_schema() -> dict[str, Any]:
                 "type": ["string", "number"],
                 "maxLength": MAX_FILTER_CHARS,
                 "description": "attr_NAME: equality on a catalog attribute; attr_NAME_min, "
-                "attr_NAME_max: a numeric range.",
+                "attr_NAME_max: a numeric range, which values that are not numbers are out "
+                "of. Empty: no filter.",
             }
         },
         "additionalProperties": False,
@@ -144,7 +151,17 @@ def filters_schema() -> dict[str, Any]:
 
 
 def _attribute(name: str) -> ColumnElement[Any]:
-    return func.json_extract(ImageRecord.attributes, f'$."{name}"')
+    # The path spells the key as the catalog stores it: SQLAlchemy's json.dumps writes 价格 as
+    # "\u4ef7\u683c", and SQLite before 3.45 compares a path's label with that text as it is.
+    return func.json_extract(ImageRecord.attributes, "$." + json.dumps(name))
+
+
+def _is_number(value: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether an attribute's value is a number, not text that starts like one. CAST alone reads
+    a prefix ('' and 'N/A' as 0, '12 USD' as 12), so a blank price would pass `price <= 10`;
+    compared with its own CAST, SQLite converts the text only when all of it is a number. In a
+    filter it comes after the range test, which rules most rows out at less cost."""
+    return value == cast(value, Numeric)
 
 
 def _text(values: Mapping[str, Any], key: str) -> str | None:
@@ -209,23 +226,7 @@ def facets(session: Session) -> dict[str, Any]:
     oldest, newest = session.execute(
         select(func.min(ImageRecord.taken_at), func.max(ImageRecord.taken_at))
     ).one()
-    pairs = session.execute(
-        text(
-            "SELECT DISTINCT j.key, j.value FROM images, json_each(images.attributes) AS j "
-            "WHERE j.type IN ('text', 'integer', 'real') LIMIT 100000"
-        )
-    ).all()
-    values: dict[str, set[Any]] = {}
-    for key, value in pairs:
-        if _ATTR.match(f"attr_{key}"):
-            values.setdefault(key, set()).add(value)
-    attributes: dict[str, Any] = {}
-    for key, seen in sorted(values.items()):
-        numbers = [_number(value) for value in seen]
-        if all(number is not None for number in numbers):
-            attributes[key] = {"min": min(numbers), "max": max(numbers)}
-        elif len(seen) <= FACET_VALUES:
-            attributes[key] = {"values": sorted(map(str, seen))}
+    attributes = _attribute_facets(session.execute(_attribute_values()))
     return {
         "folders": list(folders[:500]),
         "extensions": list(extensions),
@@ -245,9 +246,36 @@ def tag_counts(session: Session) -> list[dict[str, Any]]:
     return [{"name": name, "count": number} for name, number in rows]
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+def _attribute_values() -> Select[tuple[str, Any, float | None]]:
+    """Each attribute's distinct values, blanks left out (a product without a price has none),
+    with the number each is, or None for text."""
+    pair = func.json_each(ImageRecord.attributes).table_valued("key", "value", "type", name="pair")
+    number = case((_is_number(pair.c.value), cast(pair.c.value, Float)))
+    return (
+        select(pair.c.key, pair.c.value, number)
+        .select_from(ImageRecord)
+        .join(pair, true())
+        .where(pair.c.type.in_(("text", "integer", "real")), func.trim(pair.c.value) != "")
+        .distinct()
+        .limit(100_000)
+    )
+
+
+def _attribute_facets(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """A numeric range for an attribute whose values are mostly numbers (a price column with a
+    few 'N/A'), else its values when there are few enough to choose from."""
+    values: dict[str, set[str]] = {}
+    numbers: dict[str, list[float]] = {}
+    for key, value, number in rows:
+        if _ATTR.match(f"attr_{key}"):
+            values.setdefault(key, set()).add(str(value))
+            if number is not None and math.isfinite(number):
+                numbers.setdefault(key, []).append(number)
+    facets: dict[str, Any] = {}
+    for key, seen in sorted(values.items()):
+        found = numbers.get(key, [])
+        if 2 * len(found) > len(seen):
+            facets[key] = {"min": min(found), "max": max(found)}
+        elif len(seen) <= FACET_VALUES:
+            facets[key] = {"values": sorted(seen)}
+    return facets
