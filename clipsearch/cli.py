@@ -348,13 +348,23 @@ def _search_fields(
     if image:
         terms["positive"].append({"image_b64": image.read_bytes()})
     filters = {key: options.pop(key) for key in FILTER_KEYS if options.get(key) is not None}
+    filters.update(_attr_filters(attr))
+    options = {key: value for key, value in options.items() if value is not None}
+    return {"collapse": False, **terms, **options, "image_id": like, "filters": filters}
+
+
+def _attr_filters(attr: tuple[str, ...]) -> dict[str, str]:
+    """`--attr NAME=VALUE` options, each NAME once, as the API takes each parameter once."""
+    filters: dict[str, str] = {}
     for item in attr:
         name, sep, value = item.partition("=")
         if not sep:
             raise click.UsageError(f"--attr takes NAME=VALUE, got {item!r}")
-        filters[name if name.startswith("attr_") else f"attr_{name}"] = value
-    options = {key: value for key, value in options.items() if value is not None}
-    return {"collapse": False, **terms, **options, "image_id": like, "filters": filters}
+        key = name if name.startswith("attr_") else f"attr_{name}"
+        if key in filters:
+            raise click.UsageError(f"--attr {name} is given twice; give it once")
+        filters[key] = value
+    return filters
 
 
 def _usage(parse: Callable[..., T], *args: Any) -> T:

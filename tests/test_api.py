@@ -140,6 +140,8 @@ def test_images_thumbs_metadata_stats_health(server: str, indexed: Collection) -
         ("/api/search", {"q": "dog", "collapse": "maybe"}, 400),
         ("/api/search", {"q": "dog", "include_query": "2"}, 400),
         ("/api/search", {"q": "2000:dog"}, 400),
+        ("/api/search", {"q": "dog", "k": ["2", "3"]}, 400),
+        ("/api/duplicates", {"limit": ["1", "1"]}, 400),
         ("/thumbs/abc", {}, 404),
     ],
 )
@@ -168,6 +170,13 @@ def test_errors_carry_a_code_and_fields_for_translation(
     assert (answer["code"], answer["fields"]) == (code, fields), answer
 
 
+def test_a_parameter_given_twice_is_refused_not_guessed(server: str) -> None:
+    """The first value used to win: a client asking for red and blue products got red ones."""
+    answer = get(server, "/api/search", q="dog", attr_category=["red", "blue"])
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "parameter 'attr_category' given 2 times; give it once"
+
+
 def test_bad_post_bodies(server: str) -> None:
     url = f"{server}/api/search"
     cases = [
@@ -179,6 +188,7 @@ def test_bad_post_bodies(server: str) -> None:
         requests.post(url, json={"text": "a", "filters": "folder"}),
         requests.post(url, json={"text": "a", "k": True}),
         requests.post(url, files={"image": ("x.png", b"plain text")}),
+        requests.post(url, files=[("image", ("a.png", b"")), ("image", ("b.png", b""))]),
     ]
     assert [r.status_code for r in cases] == [400] * len(cases)
     too_big = requests.post(url, files={"image": ("big.jpg", b"0" * (17 * 1024 * 1024))})

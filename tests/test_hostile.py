@@ -247,7 +247,14 @@ def test_the_first_run_offline_says_what_works_and_does_not_trap_the_collection(
 
 
 def test_usage_errors_exit_2_before_any_model_loads(small: Path) -> None:
-    for bad in (["--date-from", "2024-13-01"], ["--attr", "x"], ["-k", "0"], ["--collapse", "2"]):
+    usage = [
+        ["--date-from", "2024-13-01"],
+        ["--attr", "x"],
+        ["--attr", "size=1", "--attr", "attr_size=2"],  # one name, two values
+        ["-k", "0"],
+        ["--collapse", "2"],
+    ]
+    for bad in usage:
         result = run_cli("search", "x", *bad, "--data-dir", str(small / "data"), check=False)
         assert result.returncode == 2, (bad, result.stderr)
         assert "RANDOM WEIGHTS" not in result.stderr  # the model was never built

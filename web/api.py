@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, request
 from search.request import DuplicatesRequest
 from web import get_engine
 from web.openapi import document
-from web.params import parse_search
+from web.params import once, parse_search
 from web.results import duplicates_json, image_json, mount_point, page_json
 
 api = Blueprint("api", __name__, url_prefix="/api")
@@ -39,7 +39,7 @@ def stats() -> Any:
 
 @api.get("/duplicates")
 def duplicates() -> Any:
-    wanted = DuplicatesRequest.from_flat(request.args)
+    wanted = DuplicatesRequest.from_flat(once(request.args))
     return jsonify(duplicates_json(get_engine().duplicates(wanted.threshold), wanted))
 
 

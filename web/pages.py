@@ -10,7 +10,7 @@ from search.errors import ClipsearchError, NoQuery, NotReady
 from search.request import DUPLICATE_COSINE, MIN_DUPLICATE_COSINE, DuplicatesRequest
 from web import error_status, get_engine
 from web.messages import LANGUAGES, MESSAGES, choose_language, translator
-from web.params import parse_search
+from web.params import once, parse_search
 
 pages = Blueprint("pages", __name__)
 
@@ -53,7 +53,7 @@ def duplicates() -> Any:
     lang = choose_language(request)
     wanted, groups, error, status = None, [], None, 200
     try:
-        wanted = DuplicatesRequest.from_flat(request.args)
+        wanted = DuplicatesRequest.from_flat(once(request.args))
         groups = engine.duplicates(wanted.threshold)
     except ClipsearchError as exc:
         error, status = str(exc), error_status(exc)
