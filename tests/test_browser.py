@@ -26,7 +26,7 @@ if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
     pytest.skip(f"no {CHROMIUM}; apt-get install -y chromium", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,26 @@ def test_under_a_url_prefix_the_page_works_as_at_the_root(
     assert asked and [url for url in asked if not url.startswith(f"{shop}/")] == []
 
 
+def test_a_lightbox_closed_before_its_details_came_stays_closed(page: Page) -> None:
+    """The lightbox showed only once /api/images/ID had answered, so an answer that came after
+    the reader had closed it (or gone on to the next) opened it again."""
+    page.goto("/?q=boat")
+    wait_until(page, "!document.body.hasAttribute('aria-busy')")
+    held: list[Route] = []
+    page.route("**/api/images/*", lambda route: held.append(route))
+    page.locator("#results li a[data-index]").first.click()
+    dialog = page.locator("#lightbox")
+    expect(dialog).to_be_visible()  # at once, with the details still to come
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    while not held:  # Playwright hands the held request over between page calls
+        page.wait_for_timeout(20)
+    with page.expect_response("**/api/images/*"):
+        held.pop().continue_()
+    page.wait_for_timeout(300)
+    assert not dialog.is_visible()
+
+
 def test_search_by_uploaded_image(page: Page) -> None:
     page.goto("/")
     page.locator("#upload").set_input_files(SAMPLES / "red-house.jpg")
@@ -172,6 +192,18 @@ def test_filters_narrow_the_results(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"ext=png"))
     wait_until(page, ONLY_PNG)
     assert page.locator("#results img").count() == 4
+
+
+def test_a_link_with_filters_opens_filtered(page: Page) -> None:
+    """The extension, tag and attribute fields are built from /api/facets, after the page's
+    first search: that search used to go without their filters and drop them from the URL."""
+    page.goto("/?q=sky&ext=png")
+    wait_until(page, "!document.body.hasAttribute('aria-busy')")  # the script's own search
+    wait_until(page, f"{LOADED} >= 4")
+    assert page.locator("#results img").count() == 4 and page.evaluate(ONLY_PNG)
+    expect(page).to_have_url(re.compile(r"ext=png"))
+    expect(page.locator("select[name=ext]")).to_have_value("png")
+    expect(page.locator("#filters")).to_have_attribute("open", "")
 
 
 def test_a_tag_on_a_result_narrows_the_results_to_it(page: Page, server: str) -> None:

@@ -19,14 +19,24 @@ const grid = $("results");
 const statusLine = $("status");
 const lightbox = $("lightbox");
 
-const state = { like: null, upload: null, offset: 0, more: false, loading: false, hits: [], request: null, shown: -1 };
+const state = { like: null, upload: null, query: null, offset: 0, more: false, loading: false, hits: [], request: null, shown: -1, opened: 0 };
+
+// The fields loadFacets builds (their choices come from the collection), absent until it has.
+const FACET_FIELD = /^(ext|tag|attr_.+)$/;
+const FILTER_FIELD = /^(folder|date_from|date_to|ext|tag|attr_.+)$/;
 
 // ---- the query, to and from the URL ------------------------------------------------------
 
-function queryParams() {
+function queryParams({ onLoad = false } = {}) {
   const params = new URLSearchParams();
   for (const [key, value] of new FormData(form)) {
     if (typeof value === "string" && value.trim() !== "") params.set(key, value.trim());
+  }
+  if (onLoad) {
+    // A link's ext, tag and attribute filters: the first search must not wait for the facets.
+    for (const [key, value] of new URLSearchParams(location.search)) {
+      if (FACET_FIELD.test(key) && value.trim() !== "" && !params.has(key)) params.set(key, value.trim());
+    }
   }
   if (state.like !== null) {
     params.delete("q");
@@ -45,7 +55,7 @@ function restoreFromUrl() {
     if (field.type === "checkbox") field.checked = params.has(field.name);
     else field.value = params.get(field.name) || "";
   }
-  if (["folder", "ext", "tag", "date_from", "date_to"].some((key) => params.get(key))) {
+  if ([...params].some(([key, value]) => value && FILTER_FIELD.test(key))) {
     $("filters").open = true;
   }
 }
@@ -56,11 +66,12 @@ function hasQuery() {
 
 // ---- searching -----------------------------------------------------------------------------
 
-async function search({ append = false, push = false } = {}) {
+async function search({ append = false, push = false, onLoad = false } = {}) {
   if (!append) {
     state.offset = 0;
     state.hits = [];
-    const url = state.upload || !hasQuery() ? location.pathname : `${location.pathname}?${queryParams()}`;
+    state.query = queryParams({ onLoad }); // the next pages are of this query, whatever the form says
+    const url = state.upload || !hasQuery() ? location.pathname : `${location.pathname}?${state.query}`;
     history[push ? "pushState" : "replaceState"](null, "", url);
     setNotice(null);
   }
@@ -76,7 +87,7 @@ async function search({ append = false, push = false } = {}) {
   document.body.setAttribute("aria-busy", "true");
   if (!append) setStatus(t("searching"));
 
-  const params = queryParams();
+  const params = new URLSearchParams(state.query);
   params.set("k", PAGE);
   params.set("offset", state.offset);
   let response;
@@ -267,6 +278,7 @@ async function openLightbox(index) {
   const hit = state.hits[index];
   if (!hit) return;
   state.shown = index;
+  const opened = ++state.opened;
   const image = $("lightbox-image");
   image.src = hit.url;
   image.alt = title(hit);
@@ -276,6 +288,7 @@ async function openLightbox(index) {
   $("lightbox-next").disabled = index >= state.hits.length - 1;
   const meta = $("lightbox-meta");
   meta.replaceChildren();
+  if (!lightbox.open) lightbox.showModal();
   const rows = [[t("score"), hit.score.toFixed(4)], [t("path"), hit.path], [t("size"), `${hit.width} × ${hit.height}`]];
   try {
     const response = await fetch(`${ROOT}/api/images/${hit.id}`);
@@ -286,6 +299,8 @@ async function openLightbox(index) {
   } catch {
     // the metadata is a bonus; the image and the search result are shown regardless
   }
+  // The reader may have gone on to the next image, or closed this one, while it came.
+  if (opened !== state.opened || !lightbox.open) return;
   if (hit.tags && hit.tags.length) rows.push([t("tag"), hit.tags.map((tag) => tag.name).join(", ")]);
   for (const [key, value] of Object.entries(hit.attributes || {})) rows.push([key, value]);
   for (const [key, value] of rows) {
@@ -295,7 +310,6 @@ async function openLightbox(index) {
     detail.textContent = typeof value === "object" ? JSON.stringify(value) : String(value);
     meta.append(term, detail);
   }
-  if (!lightbox.open) lightbox.showModal();
 }
 
 function step(delta) {
@@ -458,4 +472,4 @@ new IntersectionObserver((entries) => {
 
 restoreFromUrl();
 loadFacets();
-if (hasQuery()) search();
+if (hasQuery()) search({ onLoad: true });
