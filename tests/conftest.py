@@ -4,6 +4,7 @@ real server. Nothing here needs the network, ../shared or a GPU."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import random
 
@@ -65,6 +66,21 @@ def draw_photos(folder: Path, count: int, seed: int) -> list[Path]:
         draw(rng, 96, 72, shapes=4).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def write_shop(folder: Path, rows: list[dict[str, str]]) -> Path:
+    """A shop's products.csv, and in img/ those of its sample images that exist."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        source = SAMPLES / Path(row["image"]).name
+        if source.exists():
+            shutil.copy2(source, folder / row["image"])
+    catalog = folder / "products.csv"
+    with open(catalog, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return catalog
 
 
 @pytest.fixture

@@ -13,9 +13,18 @@ from pathlib import Path
 import pytest
 import requests
 
+from indexer.sync import Indexer
 from search.collection import Collection
+from search.model import Encoder
 from tests import multilingual
-from tests.conftest import SAMPLES, TINY_THRESHOLD, copy_samples, run_cli, serving
+from tests.conftest import (
+    SAMPLES,
+    TINY_THRESHOLD,
+    copy_samples,
+    run_cli,
+    serving,
+    write_shop,
+)
 from web.messages import MESSAGES
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -265,6 +274,46 @@ def test_the_page_in_chinese_and_a_switch_that_is_remembered(browser: Browser, s
     expect(page.locator("#q")).to_have_value("海边的日落 + 红苹果")
     context.close()
     assert not errors
+
+
+@pytest.fixture(scope="module")
+def chinese_shop(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> Iterator[str]:
+    """A shop whose catalog names its columns in Chinese, with prices left blank or 询价."""
+    root = tmp_path_factory.mktemp("shop")
+    products = [("red-apple", "水果", "1.5"), ("yellow-flower", "花园", "4")]
+    products += [("pine-forest", "花园", "120"), ("sailing-boat", "花园", "询价")]
+    products += [("red-house", "花园", "")]
+    rows = [
+        {"image": f"img/{name}.jpg", "货号": name, "类别": kind, "价格": price}
+        for name, kind, price in products
+    ]
+    collection = Collection.create_or_open(root / "data", encoder.spec)
+    Indexer(collection, encoder, workers=0, progress=False).run_catalog(write_shop(root, rows))
+    with serving(root / "data") as (base, _process):
+        yield base
+
+
+def test_a_chinese_shop_filters_by_its_own_columns(
+    browser: Browser, chinese_shop: str, request: pytest.FixtureRequest
+) -> None:
+    with watched(browser, chinese_shop, request) as page:
+        page.set_extra_http_headers({"Accept-Language": "zh-CN"})
+        page.goto("/?q=garden")
+        page.locator("#filters summary").click()
+        kind = page.locator("select[name=attr_类别]")  # built from /api/facets
+        expect(kind.locator("option").first).to_have_text(MESSAGES["zh"]["any"])
+        kind.select_option("花园")
+        expect(page.locator("#results li")).to_have_count(4)
+        price = page.locator("input[name=attr_价格_max]")
+        expect(price).to_have_attribute("placeholder", "120")  # 询价 and a blank are no prices
+        price.fill("100")
+        price.press("Enter")
+        expect(page.locator("#results li")).to_have_count(1)  # not the blank price, not 询价
+        expect(page).to_have_url(re.compile("attr_%E4%BB%B7%E6%A0%BC_max=100"))
+        page.reload()  # the link: the first search has both filters before the facets come
+        wait_until(page, "!document.body.hasAttribute('aria-busy')")
+        expect(page.locator("#results li")).to_have_count(1)
+        expect(page.locator("input[name=attr_价格_max]")).to_have_value("100")
 
 
 @pytest.fixture(scope="module")

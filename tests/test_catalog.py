@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from search.collection import Collection
 from search.engine import SearchEngine
 from search.errors import ClipsearchError
 from search.model import Encoder
-from tests.conftest import SAMPLES, TINY_ARGS, ask, run_cli
+from tests.conftest import TINY_ARGS, ask, run_cli, write_shop
 
 PRODUCTS = [
     {
@@ -47,20 +45,6 @@ PRODUCTS = [
     },
     {"image": "img/missing.jpg", "sku": "X1", "title": "Gone", "price": "1", "category": "fruit"},
 ]
-
-
-def write_shop(folder: Path, rows: list[dict[str, str]]) -> Path:
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        source = SAMPLES / Path(row["image"]).name
-        if source.exists():
-            shutil.copy2(source, folder / row["image"])
-    catalog = folder / "products.csv"
-    with open(catalog, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return catalog
 
 
 def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Encoder) -> None:

@@ -368,7 +368,7 @@ async function loadFacets() {
       const select = document.createElement("select");
       select.name = `attr_${name}`;
       select.setAttribute("form", "search");
-      select.append(new Option("any", ""));
+      select.append(new Option(t("any"), ""));
       for (const value of facet.values) select.append(new Option(value, value));
       select.value = params.get(select.name) || "";
       holder.append(labelled(name, select));
