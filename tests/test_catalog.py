@@ -96,6 +96,20 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
     ]
 
 
+def shop_engine(tmp_path: Path, encoder: Encoder, rows: list[dict[str, str]]) -> SearchEngine:
+    """The shop's catalog indexed, and the engine a server would answer with."""
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    catalog = write_shop(tmp_path / "shop", rows)
+    Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
+    return SearchEngine(collection, encoder)
+
+
+def found(engine: SearchEngine, column: str = "sku", **filters: object) -> set[str]:
+    """The `column` of every product the filters let through."""
+    hits = ask(engine, text="something to buy", k=10, filters=filters).hits
+    return {hit.record.attributes[column] for hit in hits}
+
+
 def test_a_price_that_is_not_a_number_is_in_no_range(tmp_path: Path, encoder: Encoder) -> None:
     """A shop's feed leaves a price blank or writes '12 USD': SQLite's CAST read those as 0 and
     12, so they passed `price <= 20`, and one blank price made the price facet a list."""
@@ -105,17 +119,10 @@ def test_a_price_that_is_not_a_number_is_in_no_range(tmp_path: Path, encoder: En
         dict(PRODUCTS[2], price="12 USD"),
         dict(PRODUCTS[3], price=" 9.50 "),
     ]
-    catalog = write_shop(tmp_path / "shop", rows)
-    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
-    Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
-    engine = SearchEngine(collection, encoder)
-
-    def skus(**filters: object) -> set[str]:
-        hits = ask(engine, text="something to buy", k=10, filters=filters).hits
-        return {hit.record.attributes["sku"] for hit in hits}
-
-    assert skus(attr_price_max=20) == skus(attr_price_min=-1) == {"A1", "B1"}
-    assert skus(attr_price_max="", attr_category="") == {"A1", "F1", "T1", "B1"}  # "": no filter
+    engine = shop_engine(tmp_path, encoder, rows)
+    assert found(engine, attr_price_max=20) == found(engine, attr_price_min=-1) == {"A1", "B1"}
+    everything = {"A1", "F1", "T1", "B1"}
+    assert found(engine, attr_price_max="", attr_category="") == everything  # "": no filter
     assert engine.facets()["attributes"]["price"] == {"min": 1.5, "max": 9.5}
 
 
@@ -127,18 +134,10 @@ def test_a_chinese_shops_columns_are_filters_and_facets(tmp_path: Path, encoder:
         {"image": "img/yellow-flower.jpg", "货号": "F1", "价格": "4", "类别": "花园"},
         {"image": "img/pine-forest.jpg", "货号": "T1", "价格": "120", "类别": "花园"},
     ]
-    catalog = write_shop(tmp_path / "shop", rows)
-    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
-    Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
-    engine = SearchEngine(collection, encoder)
-
-    def skus(**filters: object) -> set[str]:
-        hits = ask(engine, text="花", k=10, filters=filters).hits
-        return {hit.record.attributes["货号"] for hit in hits}
-
-    assert skus(attr_类别="花园") == {"F1", "T1"}
-    assert skus(attr_价格_max=10) == {"A1", "F1"}
-    assert skus(attr_类别="花园", attr_价格_min=10) == {"T1"}
+    engine = shop_engine(tmp_path, encoder, rows)
+    assert found(engine, "货号", attr_类别="花园") == {"F1", "T1"}
+    assert found(engine, "货号", attr_价格_max=10) == {"A1", "F1"}
+    assert found(engine, "货号", attr_类别="花园", attr_价格_min=10) == {"T1"}
     attributes = engine.facets()["attributes"]
     assert attributes["价格"] == {"min": 1.5, "max": 120}
     assert attributes["类别"] == {"values": ["水果", "花园"]}
