@@ -154,6 +154,13 @@ def cli() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A CSV or JSONL product catalog with an 'image' column, instead of folders.",
 )
+@click.option(
+    "--encoding",
+    metavar="NAME",
+    callback=lambda _ctx, _param, value: value and _text_encoding(value),
+    help="The --catalog file's encoding when it is not UTF-8: gb18030 (Excel in Chinese), "
+    "cp1252 (Excel in Western Europe).",
+)
 @_model_options
 @click.option(
     "--batch-size",
@@ -193,6 +200,7 @@ def cli() -> None:
 def index(
     folders: tuple[Path, ...],
     catalog: Path | None,
+    encoding: str | None,
     model: str | None,
     pretrained: str | None,
     text_model: str | None,
@@ -220,6 +228,8 @@ def index(
 
     if bool(folders) == bool(catalog):
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
+    if encoding and not catalog:
+        raise click.UsageError("--encoding is the encoding of a --catalog file")
     spec = _spec(model, pretrained, text_model, data_dir)
     if rebuild:
         collection = _rebuilt(data_dir, spec, device, batch_size, max_pixels)
@@ -230,7 +240,11 @@ def index(
         collection, None, batch_size, workers, max_pixels, device=device, ray=ray, excludes=exclude
     )
     try:
-        summary = indexer.run_catalog(catalog) if catalog else indexer.run(list(folders))
+        summary = (
+            indexer.run_catalog(catalog, encoding or "utf-8")
+            if catalog
+            else indexer.run(list(folders))
+        )
     except KeyboardInterrupt:
         click.echo("clipsearch: interrupted; everything indexed so far is kept", err=True)
         sys.exit(130)
@@ -622,6 +636,15 @@ def serve(
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with announced(data_dir, server.effective_host, server.effective_port, url_prefix):
         server.run()
+
+
+def _text_encoding(name: str) -> str:
+    try:
+        "".encode(name)  # LookupError for a name Python does not know, and for base64 and such
+    except LookupError:
+        message = f"{name!r} is not a text encoding (utf-8, gb18030, cp1252...)"
+        raise click.BadParameter(message) from None
+    return name
 
 
 def _url_prefix(value: str) -> str:

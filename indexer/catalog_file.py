@@ -3,16 +3,18 @@ attributes that are returned with each result and usable as filters."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from indexer.scan import FoundFile, Unreadable
 from search.errors import ClipsearchError
 
 IMAGE_COLUMN = "image"
+DELIMITERS = ",;\t|"
 
 
 @dataclass
@@ -23,8 +25,10 @@ class CatalogRows:
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)  # by relative path
 
 
-def read_catalog(path: Path) -> CatalogRows:
-    rows = _rows(path)
+def read_catalog(path: Path, encoding: str = "utf-8") -> CatalogRows:
+    """The rows of a catalog file in `encoding`; a CSV file's separator is found from its
+    header (Excel writes ';' where a comma is the decimal point)."""
+    rows = _rows(path, encoding)
     root = path.resolve().parent
     result = CatalogRows(root)
     for number, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
@@ -47,23 +51,53 @@ def read_catalog(path: Path) -> CatalogRows:
     return result
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
+def _rows(path: Path, encoding: str) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
+    # utf-8-sig: UTF-8 with or without the byte-order mark that Excel puts first.
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
+        with open(path, newline="", encoding=codec) as handle:
             if suffix == ".csv":
-                reader = csv.DictReader(handle)
-                if IMAGE_COLUMN not in (reader.fieldnames or []):
-                    raise ClipsearchError(f"{path} has no '{IMAGE_COLUMN}' column")
-                return list(reader)
+                return _csv_rows(path, handle)
             if suffix in (".jsonl", ".ndjson"):
                 lines = enumerate(handle, start=1)
                 return [_json_row(path, n, line) for n, line in lines if line.strip()]
     except OSError as exc:
         raise ClipsearchError(f"cannot read catalog {path}: {exc.strerror}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise ClipsearchError(
+            f"catalog {path} is not {encoding} text: name its encoding (--encoding gb18030 for "
+            "Excel in Chinese, cp1252 in Western Europe) or save it as UTF-8 (Excel: CSV UTF-8)"
+        ) from None
+    except csv.Error as exc:
         raise ClipsearchError(f"cannot parse catalog {path}: {exc}") from exc
     raise ClipsearchError(f"catalog {path} must be a .csv or .jsonl file")
+
+
+def _csv_rows(path: Path, handle: TextIO) -> list[dict[str, Any]]:
+    """The rows of a CSV file separated by whichever of DELIMITERS gives it an image column."""
+    header = handle.readline()
+    handle.seek(0)
+    delimiter = next((d for d in DELIMITERS if IMAGE_COLUMN in _fields(header, d)), None)
+    if delimiter is None:
+        raise ClipsearchError(f"{path} has no '{IMAGE_COLUMN}' column in {header.strip()[:80]!r}")
+    reader = csv.DictReader(handle, delimiter=delimiter)
+    rows = []
+    for row in reader:
+        # Fields beyond the header (DictReader's restkey) are most often a title's unquoted
+        # comma, which shifts every column after it; a short row only leaves its last ones out.
+        extra = [field for field in row.pop(None, []) if field.strip()]
+        if extra:
+            raise ClipsearchError(
+                f"{path}:{reader.line_num}: {len(row) + len(extra)} fields where the header has "
+                f"{len(row)}; a field with {delimiter!r} in it needs quotes"
+            )
+        rows.append({name: value for name, value in row.items() if value is not None})
+    return rows
+
+
+def _fields(line: str, delimiter: str) -> list[str]:
+    return next(csv.reader([line], delimiter=delimiter), [])
 
 
 def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:

@@ -109,10 +109,10 @@ class Indexer:
                 sources.hold_newer(int(written_before * 1e9))
             return self._sync(sources)
 
-    def run_catalog(self, path: Path) -> Summary:
+    def run_catalog(self, path: Path, encoding: str = "utf-8") -> Summary:
         """Index the images a CSV or JSONL catalog lists, with its columns as attributes."""
         with self.collection.writer():
-            rows = read_catalog(path)
+            rows = read_catalog(path, encoding)
             attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
             sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
             return self._sync(sources)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from indexer.catalog_file import read_catalog
 from indexer.sync import Indexer
 from search.collection import Collection
 from search.engine import SearchEngine
 from search.errors import ClipsearchError
 from search.model import Encoder
-from tests.conftest import TINY_ARGS, ask, run_cli, write_shop
+from tests.conftest import SAMPLES, TINY_ARGS, ask, run_cli, write_shop
 
 PRODUCTS = [
     {
@@ -168,13 +170,40 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
         ('{"image": "../outside.jpg"}\n', ".jsonl", "inside the catalog's folder"),
         ("not json\n", ".jsonl", "not valid JSON"),
         ("image\n\n", ".txt", "must be a .csv or .jsonl"),
+        ("image,title\nimg/a.jpg,Shoes, red\n", ".csv", ":2: 3 fields where the header has 2"),
+        ("image,标题\nimg/a.jpg,鞋\n".encode("gb18030"), ".csv", "is not utf-8 text.*gb18030"),
     ],
 )
 def test_bad_catalogs_are_refused_with_a_reason(
-    tmp_path: Path, encoder: Encoder, content: str, suffix: str, message: str
+    tmp_path: Path, encoder: Encoder, content: str | bytes, suffix: str, message: str
 ) -> None:
     catalog = tmp_path / f"products{suffix}"
-    catalog.write_text(content)
+    catalog.write_bytes(content if isinstance(content, bytes) else content.encode())
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
     with pytest.raises(ClipsearchError, match=message):
         Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
+
+
+def test_a_catalog_as_excel_saves_it(tmp_path: Path) -> None:
+    """Excel in Chinese saves GB18030; in much of Europe it separates with ';' (the comma is
+    the decimal point) and puts a byte-order mark before UTF-8; a row may end short."""
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy2(SAMPLES / "red-apple.jpg", tmp_path / name)
+    chinese = tmp_path / "商品.csv"
+    chinese.write_bytes("image,货号,价格\na.jpg,A1,3\n".encode("gb18030"))
+    assert read_catalog(chinese, "gb18030").attributes == {"a.jpg": {"货号": "A1", "价格": "3"}}
+    european = tmp_path / "produits.csv"
+    european.write_bytes("\ufeffimage;réf;prix\na.jpg;A1;3,50\nb.jpg;B1\n".encode())
+    assert read_catalog(european).attributes == {
+        "a.jpg": {"réf": "A1", "prix": "3,50"},
+        "b.jpg": {"réf": "B1"},  # no price: no attribute, rather than null
+    }
+
+
+def test_a_catalog_encoding_python_does_not_know_is_a_usage_error(tmp_path: Path) -> None:
+    catalog = write_shop(tmp_path / "shop", PRODUCTS[:1])
+    data = ["--data-dir", str(tmp_path / "data")]
+    unknown = ["--catalog", str(catalog), "--encoding", "klingon"]
+    for bad in (unknown, [str(tmp_path), "--encoding", "gbk"]):  # the second: no catalog
+        result = run_cli("index", *bad, *TINY_ARGS, *data, check=False)
+        assert result.returncode == 2 and "--encoding" in result.stderr, result.stderr
