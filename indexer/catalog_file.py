@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,6 +16,8 @@ from search.errors import ClipsearchError
 
 IMAGE_COLUMN = "image"
 DELIMITERS = ",;\t|"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,28 +30,44 @@ class CatalogRows:
 
 def read_catalog(path: Path, encoding: str = "utf-8") -> CatalogRows:
     """The rows of a catalog file in `encoding`; a CSV file's separator is found from its
-    header (Excel writes ';' where a comma is the decimal point)."""
-    rows = _rows(path, encoding)
+    header (Excel writes ';' where a comma is the decimal point). An image listed again keeps
+    its first row: a shop's variants may share a photo, and one photo is one search result."""
     root = path.resolve().parent
     result = CatalogRows(root)
-    for number, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
-        image = row.get(IMAGE_COLUMN)
-        if not isinstance(image, str) or not image.strip():
-            raise ClipsearchError(f"{path}:{number}: the '{IMAGE_COLUMN}' column is empty")
-        relative = Path(image.strip())
-        if relative.is_absolute() or ".." in relative.parts:
-            raise ClipsearchError(
-                f"{path}:{number}: image {image!r} must be a path inside the catalog's folder"
-            )
-        key = relative.as_posix()
+    first: dict[str, int] = {}  # each image's first line
+    again: list[tuple[str, int]] = []
+    start = 2 if path.suffix.lower() == ".csv" else 1  # a CSV file's first line is its header
+    for number, row in enumerate(_rows(path, encoding), start=start):
+        key = _image(path, number, row)
+        if key in first:
+            again.append((key, number))
+            continue
+        first[key] = number
         result.attributes[key] = {k: v for k, v in row.items() if k != IMAGE_COLUMN}
         try:
-            stat = (root / relative).stat()
+            stat = (root / key).stat()
         except OSError as exc:
             result.unreadable.append(Unreadable(str(root), key, f"missing: {exc.strerror}"))
             continue
         result.files.append(FoundFile(str(root), key, stat.st_size, stat.st_mtime_ns))
+    if again:
+        key, number = again[0]
+        message = "%s lists %d image(s) again, each kept with its first row (%s: lines %d, %d)"
+        log.warning(message, path, len(again), key, first[key], number)
     return result
+
+
+def _image(path: Path, number: int, row: dict[str, Any]) -> str:
+    """A row's image, as a path relative to the catalog's folder."""
+    image = row.get(IMAGE_COLUMN)
+    if not isinstance(image, str) or not image.strip():
+        raise ClipsearchError(f"{path}:{number}: the '{IMAGE_COLUMN}' column is empty")
+    relative = Path(image.strip())
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ClipsearchError(
+            f"{path}:{number}: image {image!r} must be a path inside the catalog's folder"
+        )
+    return relative.as_posix()
 
 
 def _rows(path: Path, encoding: str) -> list[dict[str, Any]]:

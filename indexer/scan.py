@@ -6,7 +6,7 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +103,13 @@ def _listing(folder: Path, seen: set[tuple[int, int]]) -> list[os.DirEntry[str]]
     except OSError as exc:
         log.warning("cannot list %s: %s", folder, exc.strerror)
         return None
+
+
+def outermost(folders: Iterable[Path]) -> list[Path]:
+    """Each folder once, and none inside another: its files are found from the outer one. A
+    file found twice, as `X X` or `X X/sub` gave it, was two catalog rows of one path (the run
+    ended in SQLite's UNIQUE constraint) or one image twice in every result list."""
+    unique = sorted(set(folders))
+    return [
+        inner for inner in unique if not any(inner.is_relative_to(f) for f in unique if f != inner)
+    ]

@@ -18,7 +18,7 @@ from indexer.catalog_file import read_catalog
 from indexer.ignore import IgnoreRules
 from indexer.items import Result
 from indexer.plan import Sources, make_plan
-from indexer.scan import FoundFile, Unreadable, scan
+from indexer.scan import FoundFile, Unreadable, outermost, scan
 from indexer.tagging import Tagger
 from indexer.writer import Summary, Writer
 from search.catalog import ImageRecord
@@ -97,7 +97,7 @@ class Indexer:
             if not folder.is_dir():
                 raise ClipsearchError(f"not a folder: {folder}")
         with self.collection.writer():
-            roots = [folder.resolve() for folder in folders]
+            roots = outermost(folder.resolve() for folder in folders)
             exclude = frozenset({self.collection.root.resolve()})
             rules = {root: IgnoreRules(self.excludes) for root in roots}
             found = [entry for root in roots for entry in scan(root, exclude, rules[root])]

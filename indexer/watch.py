@@ -22,7 +22,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from indexer.ignore import IGNORE_FILE
-from indexer.scan import IMAGE_EXTENSIONS
+from indexer.scan import IMAGE_EXTENSIONS, outermost
 from indexer.sync import Indexer
 from indexer.writer import Summary
 from search.errors import ClipsearchError
@@ -89,7 +89,7 @@ class Watcher:
         max_wait: float = MAX_WAIT,
     ) -> None:
         self.indexer = indexer
-        self.folders = [folder.resolve() for folder in folders]
+        self.folders = outermost(folder.resolve() for folder in folders)
         self.on_run = on_run
         self.settle = settle
         self.max_wait = max_wait

@@ -207,3 +207,15 @@ def test_a_catalog_encoding_python_does_not_know_is_a_usage_error(tmp_path: Path
     for bad in (unknown, [str(tmp_path), "--encoding", "gbk"]):  # the second: no catalog
         result = run_cli("index", *bad, *TINY_ARGS, *data, check=False)
         assert result.returncode == 2 and "--encoding" in result.stderr, result.stderr
+
+
+def test_an_image_listed_twice_is_one_result_with_its_first_row(
+    tmp_path: Path, encoder: Encoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Variants that share a photo: the second row made two catalog rows of one path, and the
+    run ended in SQLite's UNIQUE constraint, this run and every one after it."""
+    rows = [PRODUCTS[0], dict(PRODUCTS[0], sku="A2", price="2"), PRODUCTS[1]]
+    engine = shop_engine(tmp_path, encoder, rows)
+    assert found(engine) == {"A1", "F1"}
+    assert "lists 1 image(s) again, each kept with its first row" in caplog.text
+    assert "img/red-apple.jpg: lines 2, 3" in caplog.text

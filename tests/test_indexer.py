@@ -55,6 +55,22 @@ def test_second_run_encodes_nothing(collection: Collection, encoder: Encoder, ph
     assert summary.scanned == 12 and summary.removed == 0
 
 
+def test_a_folder_given_twice_or_inside_another_is_indexed_once(
+    tmp_path: Path, encoder: Encoder, photos: Path
+) -> None:
+    """`index X X` ended in SQLite's UNIQUE constraint; `index X X/sub` indexed sub's files
+    twice, once under each root."""
+    (photos / "sub").mkdir()
+    shutil.move(photos / "red-apple.jpg", photos / "sub" / "red-apple.jpg")
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    indexer = Indexer(collection, encoder, batch_size=5, workers=0, progress=False)
+    summary = indexer.run([photos / "sub", photos, Path(f"{photos}/"), photos / "sub" / ".."])
+    assert (summary.scanned, summary.added) == (12, 12)
+    assert "sub/red-apple.jpg" in ids_by_path(collection)
+    assert [root["path"] for root in collection.stats()["roots"]] == [str(photos)]
+    assert_index_matches_catalog(collection)
+
+
 def test_changed_deleted_moved_and_new_files(
     collection: Collection, encoder: Encoder, photos: Path
 ) -> None:
