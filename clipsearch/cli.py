@@ -38,6 +38,7 @@ from search.spec import ModelSpec
 
 log = logging.getLogger("clipsearch")
 T = TypeVar("T")
+PRODUCT_CHARS = 100  # a catalog result's attributes, on its line of `clipsearch search`
 
 
 class _Commands(click.Group):
@@ -315,9 +316,17 @@ def search(
     paths = collection.catalog.file_paths([result["id"] for result in results])
     for result in results:
         where = paths.get(result["id"], result["path"])  # removed since: as the server says it
-        click.echo(f"{result['score']:.4f}  {result['id']:>7}  {where}")
+        click.echo(f"{result['score']:.4f}  {result['id']:>7}  {where}{_product(result)}")
     if not results:
         click.echo("no results", err=True)
+
+
+def _product(result: dict[str, Any]) -> str:
+    """A catalog result's attributes after its path, cut to a line: sku=A1 price=3.5."""
+    line = "  ".join(f"{name}={value}" for name, value in result.get("attributes", {}).items())
+    if len(line) > PRODUCT_CHARS:
+        line = line[: PRODUCT_CHARS - 1] + "…"
+    return f"  {line}" if line else ""
 
 
 def _served(data_dir: Path, fields: dict[str, Any]) -> dict[str, Any] | None:

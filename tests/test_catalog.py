@@ -161,6 +161,8 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
     found = json.loads(run_cli("search", "apple", "--attr", "price=1.5", *data, "--json").stdout)
     assert [r["attributes"]["sku"] for r in found["results"]] == ["A1"]
     assert found["results"][0]["attributes"]["price"] == 1.5
+    line = run_cli("search", "apple", "--attr", "price=1.5", *data).stdout.strip()
+    assert line.endswith("img/red-apple.jpg  sku=A1  price=1.5"), line  # the product, in a terminal
 
 
 @pytest.mark.parametrize(
