@@ -81,6 +81,7 @@ def watched(browser: Browser, base: str, request: pytest.FixtureRequest) -> Iter
 
 LOADED = "[...document.querySelectorAll('#results img')].filter(i => i.naturalWidth > 0).length"
 ONLY_PNG = "[...document.querySelectorAll('#results img')].every(i => i.alt.endsWith('.png'))"
+ANSWERED = "!document.body.hasAttribute('aria-busy')"  # no search of the page's is in flight
 
 
 def wait_until(page: Page, expression: str, timeout: float = 20) -> None:
@@ -168,7 +169,7 @@ def test_a_lightbox_closed_before_its_details_came_stays_closed(page: Page) -> N
     """The lightbox showed only once /api/images/ID had answered, so an answer that came after
     the reader had closed it (or gone on to the next) opened it again."""
     page.goto("/?q=boat")
-    wait_until(page, "!document.body.hasAttribute('aria-busy')")
+    wait_until(page, ANSWERED)
     held: list[Route] = []
     page.route("**/api/images/*", lambda route: held.append(route))
     page.locator("#results li a[data-index]").first.click()
@@ -207,7 +208,7 @@ def test_a_link_with_filters_opens_filtered(page: Page) -> None:
     """The extension, tag and attribute fields are built from /api/facets, after the page's
     first search: that search used to go without their filters and drop them from the URL."""
     page.goto("/?q=sky&ext=png")
-    wait_until(page, "!document.body.hasAttribute('aria-busy')")  # the script's own search
+    wait_until(page, ANSWERED)  # the script's own search
     wait_until(page, f"{LOADED} >= 4")
     assert page.locator("#results img").count() == 4 and page.evaluate(ONLY_PNG)
     expect(page).to_have_url(re.compile(r"ext=png"))
@@ -219,7 +220,7 @@ def test_a_tag_on_a_result_narrows_the_results_to_it(page: Page, server: str) ->
     page.goto("/?q=sky")
     # The script searches again on load (40 results, not the 20 rendered): a chip is clicked
     # once that answer is in, not while the list under it is being replaced.
-    wait_until(page, "!document.body.hasAttribute('aria-busy')")
+    wait_until(page, ANSWERED)
     chip = page.locator("#results .tag").first
     chip.wait_for()
     name = chip.inner_text()
@@ -311,7 +312,7 @@ def test_a_chinese_shop_filters_by_its_own_columns(
         expect(page.locator("#results li")).to_have_count(1)  # not the blank price, not 询价
         expect(page).to_have_url(re.compile("attr_%E4%BB%B7%E6%A0%BC_max=100"))
         page.reload()  # the link: the first search has both filters before the facets come
-        wait_until(page, "!document.body.hasAttribute('aria-busy')")
+        wait_until(page, ANSWERED)
         expect(page.locator("#results li")).to_have_count(1)
         expect(page.locator("input[name=attr_价格_max]")).to_have_value("100")
 
