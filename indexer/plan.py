@@ -4,6 +4,7 @@ changed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -12,10 +13,23 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer.scan import FoundFile, Unreadable
+from indexer.scan import FoundFile, Unreadable, outermost
 from search.catalog import Failure, ImageRecord, Root
 
 Key = tuple[str, str]  # (root, relative path)
+
+
+def folder_roots(folders: Iterable[Path], recorded: Iterable[Path]) -> list[Path]:
+    """The folders a run scans for `folders`: a folder inside one the collection holds already
+    widens to that one, and then each is scanned once and none inside another. A file is one
+    row under one root; `index X/sub` after `index X` stored sub's files a second time."""
+    recorded = outermost(recorded)
+    return outermost(holder(folder, recorded) or folder for folder in folders)
+
+
+def holder(folder: Path, roots: Iterable[Path]) -> Path | None:
+    """The one of `roots` (none inside another) that `folder` is, or is inside."""
+    return next((root for root in roots if folder.is_relative_to(root)), None)
 
 
 @dataclass
@@ -27,6 +41,8 @@ class Sources:
     unreadable: list[Unreadable]
     attributes: dict[Key, dict[str, Any]] = field(default_factory=dict)
     ignore_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # by root: to record
+    # Folder runs: a recorded folder inside a scanned one joins it (catalogs list their images).
+    absorbs: bool = False
     held: list[FoundFile] = field(default_factory=list)  # present, but left for a later run
 
     def hold_newer(self, mtime_ns: int) -> None:
@@ -50,6 +66,15 @@ class Known:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a recorded root's rows belong in this run: under `root`, their paths after
+    `prefix`. A scanned root is its own place; a folder inside one joins it."""
+
+    root: str
+    prefix: str = ""
+
+
 @dataclass
 class Plan:
     todo: list[FoundFile]  # new or changed files: to read, hash, and encode unless seen
@@ -57,23 +82,21 @@ class Plan:
     failures: dict[Key, tuple[int, int]]  # recorded failures: (size, mtime_ns) when they failed
     missing_by_sha: dict[str, list[Key]]  # rows whose files are gone: a file found may be one
     new_attributes: dict[int, dict[str, Any]]  # row id -> the catalog's changed columns
+    absorbed: dict[int, Place] = field(default_factory=dict)  # root id -> the root it joins
+    duplicates: list[int] = field(default_factory=list)  # rows of a file another row holds
     unchanged: int = 0
     still_failed: int = 0  # the same broken file as last time: not read again
 
 
 def make_plan(session: Session, sources: Sources) -> Plan:
-    roots = {
-        root.id: root.path
-        for root in session.scalars(
-            select(Root).where(Root.path.in_([str(path) for path in sources.roots]))
-        )
-    }
-    known, new_attributes = _known_rows(session, roots, sources)
+    places = _places(session, sources)
+    known, duplicates, new_attributes = _known_rows(session, places, sources)
     failures = {
-        (roots[f.root_id], f.path): (f.size, f.mtime_ns)
-        for f in session.scalars(select(Failure).where(Failure.root_id.in_(roots)))
+        _key(places[f.root_id], f.path): (f.size, f.mtime_ns)
+        for f in session.scalars(select(Failure).where(Failure.root_id.in_(places)))
     }
-    plan = Plan([], known, failures, {}, new_attributes)
+    absorbed = {id_: place for id_, place in places.items() if place.prefix}
+    plan = Plan([], known, failures, {}, new_attributes, absorbed, duplicates)
     for key, known in plan.known.items():
         if key not in sources.present:
             plan.missing_by_sha.setdefault(known.sha256, []).append(key)
@@ -89,11 +112,30 @@ def make_plan(session: Session, sources: Sources) -> Plan:
     return plan
 
 
+def _places(session: Session, sources: Sources) -> dict[int, Place]:
+    """The recorded roots this run covers, by id: the scanned ones, and for a folder run the
+    recorded folders inside them (indexed on their own by an earlier run)."""
+    scanned = [str(path) for path in sources.roots]
+    places = {}
+    for root in session.scalars(select(Root)):
+        if root.path in scanned:
+            places[root.id] = Place(root.path)
+        elif sources.absorbs and (outer := holder(Path(root.path), sources.roots)):
+            places[root.id] = Place(str(outer), Path(root.path).relative_to(outer).as_posix() + "/")
+    return places
+
+
+def _key(place: Place, path: str) -> Key:
+    return place.root, place.prefix + path
+
+
 def _known_rows(
-    session: Session, roots: dict[int, str], sources: Sources
-) -> tuple[dict[Key, Known], dict[int, dict[str, Any]]]:
-    """The rows under these roots, and the new attributes of those whose catalog columns
-    changed (a price can change while the picture stays)."""
+    session: Session, places: dict[int, Place], sources: Sources
+) -> tuple[dict[Key, Known], list[int], dict[int, dict[str, Any]]]:
+    """The rows under these roots; the rows of a file that another row holds already (an
+    earlier release indexed a folder inside another one as a second root), which go; and the
+    new attributes of those whose catalog columns changed (a price can change while the
+    picture stays). A scanned root's own row is the one kept, as it keeps its path."""
     rows = session.execute(
         select(
             ImageRecord.id,
@@ -103,13 +145,20 @@ def _known_rows(
             ImageRecord.mtime_ns,
             ImageRecord.sha256,
             ImageRecord.attributes,
-        ).where(ImageRecord.root_id.in_(roots))
+        ).where(ImageRecord.root_id.in_(places))
     )
-    known, new_attributes = {}, {}
+    known, duplicates, new_attributes = {}, [], {}
     for row in rows:
-        key = (roots[row.root_id], row.path)
+        place = places[row.root_id]
+        key = _key(place, row.path)
+        if (held := known.get(key)) is not None:
+            if place.prefix:
+                duplicates.append(row.id)
+                continue
+            duplicates.append(held.id)
+            new_attributes.pop(held.id, None)
         known[key] = Known(row.id, row.size, row.mtime_ns, row.sha256)
         attributes = sources.attributes.get(key, {})
         if key in sources.present and (row.attributes or {}) != attributes:
             new_attributes[row.id] = attributes
-    return known, new_attributes
+    return known, duplicates, new_attributes

@@ -5,6 +5,7 @@ ones that cannot be used."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,11 +18,11 @@ from tqdm import tqdm
 from indexer.catalog_file import read_catalog
 from indexer.ignore import IgnoreRules
 from indexer.items import Result
-from indexer.plan import Sources, make_plan
-from indexer.scan import FoundFile, Unreadable, outermost, scan
+from indexer.plan import Sources, folder_roots, holder, make_plan
+from indexer.scan import FoundFile, Unreadable, scan
 from indexer.tagging import Tagger
 from indexer.writer import Summary, Writer
-from search.catalog import ImageRecord
+from search.catalog import ImageRecord, Root
 from search.collection import Collection
 from search.errors import ClipsearchError, CollectionError
 from search.imaging import DEFAULT_MAX_PIXELS
@@ -30,6 +31,8 @@ from search.sandbox import start_fork_server
 if TYPE_CHECKING:
     from indexer.source import Source
     from search.model import Encoder
+
+log = logging.getLogger(__name__)
 
 
 class Indexer:
@@ -97,17 +100,27 @@ class Indexer:
             if not folder.is_dir():
                 raise ClipsearchError(f"not a folder: {folder}")
         with self.collection.writer():
-            roots = outermost(folder.resolve() for folder in folders)
+            roots = self._roots([folder.resolve() for folder in folders])
             exclude = frozenset({self.collection.root.resolve()})
             rules = {root: IgnoreRules(self.excludes) for root in roots}
             found = [entry for root in roots for entry in scan(root, exclude, rules[root])]
             files = [entry for entry in found if isinstance(entry, FoundFile)]
             unreadable = [entry for entry in found if isinstance(entry, Unreadable)]
             ignore_rules = {str(root): rules[root].to_json() for root in roots}
-            sources = Sources(roots, files, unreadable, ignore_rules=ignore_rules)
+            sources = Sources(roots, files, unreadable, ignore_rules=ignore_rules, absorbs=True)
             if written_before is not None:
                 sources.hold_newer(int(written_before * 1e9))
             return self._sync(sources)
+
+    def _roots(self, folders: list[Path]) -> list[Path]:
+        """The folders to scan, saying so where a folder was widened to one indexed already."""
+        with self.catalog.sessions() as session:
+            recorded = [Path(path) for path in session.scalars(select(Root.path))]
+        roots = folder_roots(folders, recorded)
+        for folder in folders:
+            if (outer := holder(folder, roots)) not in folders:
+                log.info("%s is inside %s, indexed already: scanning all of it", folder, outer)
+        return roots
 
     def run_catalog(self, path: Path, encoding: str = "utf-8") -> Summary:
         """Index the images a CSV or JSONL catalog lists, with its columns as attributes."""

@@ -19,7 +19,7 @@ from indexer.items import Encoded, Failed, Result, Seen
 from indexer.plan import Key, Known, Plan, Sources
 from indexer.scan import FoundFile, Unreadable
 from indexer.tagging import Tagger
-from search.catalog import Failure, ImageRecord, StoredVector
+from search.catalog import Failure, ImageRecord, Root, StoredVector
 from search.collection import Collection
 from search.errors import StorageError
 
@@ -100,11 +100,28 @@ class Writer:
                 root = self.catalog.root_for(session, path)
                 root.ignore_rules = self.ignore_rules.get(path, root.ignore_rules)
                 self.root_ids[path] = root.id
+            self._absorb(session)
             for row_id, attributes in self.plan.new_attributes.items():
                 row = update(ImageRecord).where(ImageRecord.id == row_id)
                 session.execute(row.values(attributes=attributes))
-            if self.plan.new_attributes:
+            if self.plan.new_attributes or self.plan.absorbed:
                 self._bump(session)  # servers drop the filters they cached over the old values
+        self.vectors.remove(self.plan.duplicates)
+        self.summary.removed = len(self.plan.duplicates)
+
+    def _absorb(self, session: Session) -> None:
+        """Recorded folders inside a scanned one join it: their rows keep their ids and
+        vectors under the outer root, a second row of one file goes, and so do their roots."""
+        session.execute(delete(ImageRecord).where(ImageRecord.id.in_(self.plan.duplicates)))
+        for root_id, place in self.plan.absorbed.items():
+            into = self.root_ids[place.root]
+            for table in (ImageRecord, Failure):
+                moved = update(table).where(table.root_id == root_id)
+                moved = moved.values(root_id=into, path=place.prefix + table.path)
+                # A failure recorded under both roots stays once; the plan dropped such images.
+                session.execute(moved.prefix_with("OR IGNORE") if table is Failure else moved)
+            session.execute(delete(Failure).where(Failure.root_id == root_id))
+            session.execute(delete(Root).where(Root.id == root_id))
 
     def _save(self, first_generation: int) -> None:
         if (
@@ -271,7 +288,7 @@ class Writer:
                 )
             self._bump_if_changed(session, gone)
         self.vectors.remove(gone)
-        self.summary.removed = len(gone)
+        self.summary.removed += len(gone)
 
     def tag(self, tagger: Tagger) -> None:
         """Tag what the run added or changed, and what a new vocabulary left untagged. Tags

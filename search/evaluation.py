@@ -51,6 +51,23 @@ def relevant_ranks(queries: np.ndarray, images: np.ndarray, relevant: np.ndarray
     return ranks
 
 
+def _indexed_under(collection: Collection, folder: Path) -> tuple[list[Any], str]:
+    """The (path, vector) rows of the images under `folder`, and the prefix their paths have:
+    the folder may be a root of the collection or a folder inside one."""
+    with collection.catalog.sessions() as session:
+        roots = [Path(path) for path in session.scalars(select(Root.path))]
+        root = next((root for root in roots if folder.is_relative_to(root)), folder)
+        prefix = "" if root == folder else folder.relative_to(root).as_posix() + "/"
+        rows = session.execute(
+            select(ImageRecord.path, StoredVector.data)
+            .join(Root)
+            .join(StoredVector)
+            .where(Root.path == str(root), ImageRecord.path.startswith(prefix, autoescape=True))
+            .order_by(ImageRecord.id)
+        ).all()
+    return list(rows), prefix
+
+
 def recall(ranks: np.ndarray, at: Sequence[int] = RECALL_AT) -> dict[str, float]:
     return {f"recall@{k}": round(float(np.mean(ranks < k)), 4) for k in at}
 
@@ -60,17 +77,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Recall of the collection's model over the images indexed from `folder`."""
     started = time.perf_counter()
-    with collection.catalog.sessions() as session:
-        rows = session.execute(
-            select(ImageRecord.path, StoredVector.data)
-            .join(Root)
-            .join(StoredVector)
-            .where(Root.path == str(folder.resolve()))
-            .order_by(ImageRecord.id)
-        ).all()
+    rows, prefix = _indexed_under(collection, folder.resolve())
     if not rows:
         raise ClipsearchError(f"no images of {folder} are indexed")
-    position = {row.path: i for i, row in enumerate(rows)}
+    position = {row.path[len(prefix) :]: i for i, row in enumerate(rows)}
     images = np.stack([np.frombuffer(row.data, dtype=np.float32) for row in rows])
     usable = [(position[image], text) for image, text in captions if image in position]
     if not usable:

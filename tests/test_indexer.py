@@ -71,6 +71,62 @@ def test_a_folder_given_twice_or_inside_another_is_indexed_once(
     assert_index_matches_catalog(collection)
 
 
+def test_a_folder_inside_or_around_an_indexed_one_keeps_one_row_per_file(
+    tmp_path: Path, encoder: Encoder, photos: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`index X/sub` then `index X` (or the other way round) stored sub's files twice, under
+    two roots: every result list showed them twice."""
+    sub = photos / "sub"
+    sub.mkdir()
+    for name in ("red-apple.jpg", "snowman.png", "rainbow.png"):
+        shutil.move(photos / name, sub / name)
+    (sub / "broken.jpg").write_bytes(b"not a picture")
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    reindex(collection, encoder, sub)
+    first = ids_by_path(collection)
+
+    around = reindex(collection, encoder, photos)
+    assert (around.added, around.unchanged, around.removed, around.failed) == (9, 3, 0, 1)
+    after = ids_by_path(collection)
+    assert len(after) == 12
+    assert {after[f"sub/{path}"] for path in first} == set(first.values())  # ids kept
+    failure = collection.stats()["failures"]
+    assert [(f["root"], f["path"]) for f in failure] == [(str(photos), "sub/broken.jpg")]
+
+    with caplog.at_level("INFO", logger="indexer"):
+        inside = reindex(collection, encoder, sub)
+    assert (inside.scanned, inside.added, inside.unchanged, inside.removed) == (13, 0, 12, 0)
+    assert f"{sub} is inside {photos}, indexed already: scanning all of it" in caplog.messages
+    assert ids_by_path(collection) == after
+    assert [root["path"] for root in collection.stats()["roots"]] == [str(photos)]
+    assert_index_matches_catalog(collection)
+
+
+def test_a_second_row_of_one_file_under_an_inner_root_goes(
+    tmp_path: Path, encoder: Encoder, photos: Path
+) -> None:
+    """A catalog in a subfolder gives its images a root of their own beside the folder's (as
+    an earlier release's `index X` then `index X/sub` did); the next run over the folder keeps
+    the folder's row of each file, with its vector, and drops the other."""
+    sub = photos / "sub"
+    sub.mkdir()
+    for name in ("red-apple.jpg", "snowman.png"):
+        shutil.move(photos / name, sub / name)
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    reindex(collection, encoder, photos)
+    before = ids_by_path(collection)
+    (sub / "list.csv").write_text("image\nred-apple.jpg\nsnowman.png\n")
+    indexer = Indexer(collection, encoder, batch_size=4, workers=0, progress=False)
+    assert indexer.run_catalog(sub / "list.csv").added == 2
+    assert collection.stats()["images"] == 14
+
+    summary = reindex(collection, encoder, photos)
+    assert (summary.added, summary.unchanged, summary.removed) == (0, 12, 2)
+    assert ids_by_path(collection) == before
+    assert [root["path"] for root in collection.stats()["roots"]] == [str(photos)]
+    assert_index_matches_catalog(collection)
+
+
 def test_changed_deleted_moved_and_new_files(
     collection: Collection, encoder: Encoder, photos: Path
 ) -> None:

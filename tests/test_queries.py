@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from search.collection import Collection
 from search.engine import SearchEngine
-from search.evaluation import recall, relevant_ranks
+from search.evaluation import evaluate, recall, relevant_ranks
 from search.languages import NOTICES
 from search.model import Encoder
 from search.syntax import QueryPart, parse_query
@@ -157,6 +157,17 @@ def test_recall_metric_on_embeddings_whose_answer_is_known() -> None:
     assert figures == pytest.approx(
         {"recall@1": 4 / 6, "recall@2": 5 / 6, "recall@6": 1.0}, abs=1e-3
     )
+
+
+def test_eval_of_a_folder_inside_an_indexed_one(tmp_path: Path, encoder: Encoder) -> None:
+    """Its images are stored under the outer folder's root, as "sub/…"; the captions name
+    them relative to the folder evaluated."""
+    draw_photos(tmp_path / "all", 3, seed=4)
+    draw_photos(tmp_path / "all" / "sub", 4, seed=5)
+    collection = build(tmp_path / "data", tmp_path / "all", encoder)
+    captions = [(f"sub-{i:03d}.jpg", f"picture {i}") for i in range(4)] + [("all-000.jpg", "x")]
+    figures = evaluate(collection, encoder, tmp_path / "all" / "sub", captions)
+    assert (figures["images"], figures["captions"], figures["skipped_captions"]) == (4, 4, 1)
 
 
 def test_eval_command_reports_recall(tmp_path: Path) -> None:
