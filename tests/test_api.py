@@ -248,6 +248,9 @@ def test_under_a_url_prefix_every_url_carries_it(indexed: Collection) -> None:
         assert get(shop, "/api/openapi.json").json()["servers"] == [{"url": "/shop"}]
         html = get(shop, "/").text
         assert 'data-root="/shop"' in html and 'src="/shop/static/app.js"' in html
+        # A TLS proxy's browser asked https://shop.example/shop; not http:// on this host.
+        bare = requests.get(shop, headers={"Host": "shop.example"}, allow_redirects=False)
+        assert (bare.status_code, bare.headers["Location"]) == (308, "/shop/")
 
 
 def test_openapi_facets_and_cors(server: str, indexed: Collection, encoder: Encoder) -> None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, current_app, jsonify, request
 from flask_cors import CORS
@@ -61,6 +62,7 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_security_headers)
+    app.after_request(_relative_redirect)
     return app
 
 
@@ -115,4 +117,14 @@ def _security_headers(response: Any) -> Any:
         "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
         "script-src 'self'; frame-ancestors 'none'",
     )
+    return response
+
+
+def _relative_redirect(response: Any) -> Any:
+    """Routing's redirects (/photos to /photos/) name the scheme and host this server saw,
+    which behind a TLS proxy are http:// and the proxy's: the path alone keeps the browser on
+    the scheme and host it used."""
+    location = urlsplit(response.headers.get("Location", ""))
+    if location.netloc and location.netloc == request.host:
+        response.headers["Location"] = urlunsplit(("", "", *location[2:]))
     return response
