@@ -638,13 +638,34 @@ def serve(
     # others. On 2 cores this serves 11% more requests at 32 clients; a lone text query takes
     # 16 ms instead of 11 (benchmarks/load.py).
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    server = create_server(app, host=host, port=port, threads=threads, url_prefix=url_prefix)
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        url_prefix=url_prefix,
+        **(_connection_limits(app.config["MAX_CONTENT_LENGTH"])),
+    )
     log.info("serving %s on http://%s:%s%s/", data_dir, host, server.effective_port, url_prefix)
     # A service manager stops it with SIGTERM: the same clean stop as Ctrl-C, which waitress
     # ends in an exit 0 and which withdraws the announcement.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with announced(data_dir, server.effective_host, server.effective_port, url_prefix):
         server.run()
+
+
+def _connection_limits(max_content_length: int) -> dict[str, Any]:
+    """What waitress takes from a client before the app sees a request. By default it accepts
+    100 connections, each kept 2 minutes when idle, so 100 browsers left open (or a stranger's
+    100 sockets sending a header slowly) stopped it answering anyone; 1,000 need poll(), as
+    select() takes 1,024 descriptors at most. It reads a body of up to 1 GB to a temporary file
+    before the app could refuse it; twice the app's limit leaves a body a little over it to the
+    app's JSON 413, and refuses one far over it from its header alone."""
+    return {
+        "connection_limit": 1000,
+        "asyncore_use_poll": True,
+        "max_request_body_size": 2 * max_content_length,
+    }
 
 
 def _text_encoding(name: str) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,8 +55,20 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_bombs_uploaded_to_a_real_server_are_refused(small: Path) -> None:
+def test_a_stranger_cannot_take_a_real_server_down(small: Path) -> None:
+    """Bombs uploaded, 300 connections left half-open (waitress's default of 100 stopped it
+    answering anyone), and a body announced at 1 GB (read to a temporary file before)."""
     with serving(small / "data") as (base, process):
+        port = int(base.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        for sock in held:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end of it
+        assert requests.get(f"{base}/healthz", timeout=10).ok
+        huge = socket.create_connection(("127.0.0.1", port), timeout=10)
+        huge.sendall(b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        assert huge.recv(64).startswith(b"HTTP/1.1 413 ")
+        for sock in [*held, huge]:
+            sock.close()
         before = rss_kib(process.pid)
         started = time.monotonic()
         for name, data in (
