@@ -20,6 +20,25 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
+# The catalog stores paths as text, and SQLite's text is UTF-8: a name in another encoding
+# (an old Windows archive's Latin-1, say) ended every run in a UnicodeEncodeError.
+NOT_UTF8 = "its name is not UTF-8: rename it (convmv -f latin1 -t utf8 -r --notest FOLDER)"
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a name from the file system is text (undecodable bytes come as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(name: str) -> str:
+    """A name that is not UTF-8 as text, its stray bytes written \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class FoundFile:
     root: str  # the absolute folder the user asked to index
@@ -78,6 +97,9 @@ def scan(
                         stack.append((Path(entry.path), chain))
                     continue
                 if not is_image or rules.ignores(chain, relative, is_dir=False):
+                    continue
+                if not is_utf8(relative):
+                    yield Unreadable(str(root), shown(relative), NOT_UTF8)
                     continue
                 info = entry.stat(follow_symlinks=True)
             except OSError as exc:

@@ -19,7 +19,7 @@ from indexer.catalog_file import read_catalog
 from indexer.ignore import IgnoreRules
 from indexer.items import Result
 from indexer.plan import Sources, folder_roots, holder, make_plan
-from indexer.scan import FoundFile, Unreadable, scan
+from indexer.scan import NOT_UTF8, FoundFile, Unreadable, is_utf8, scan, shown
 from indexer.tagging import Tagger
 from indexer.writer import Summary, Writer
 from search.catalog import ImageRecord, Root
@@ -98,7 +98,9 @@ class Indexer:
         being copied, and a file read half-written would be read again once complete."""
         for folder in folders:
             if not folder.is_dir():
-                raise ClipsearchError(f"not a folder: {folder}")
+                raise ClipsearchError(f"not a folder: {shown(str(folder))}")
+            if not is_utf8(str(folder.resolve())):
+                raise ClipsearchError(f"{shown(str(folder.resolve()))}: {NOT_UTF8}")
         with self.collection.writer():
             roots = self._roots([folder.resolve() for folder in folders])
             exclude = frozenset({self.collection.root.resolve()})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import select
 
@@ -16,6 +18,7 @@ from indexer.scan import FoundFile, Unreadable, scan
 from indexer.sync import Indexer
 from search.catalog import ImageRecord
 from search.collection import Collection
+from search.errors import ClipsearchError
 from search.model import Encoder
 from tests.conftest import TINY_ARGS, run_cli
 from tests.hostile import huge_png_header
@@ -84,11 +87,17 @@ def test_special_and_vanishing_files(tmp_path: Path, encoder: Encoder) -> None:
     Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / "good.png")
     os.mkfifo(folder / "pipe.jpg")  # reading it would block forever
     (folder / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    # Names in Latin-1, as an old Windows archive unpacks them: SQLite's text is UTF-8.
+    latin1 = Path(os.fsdecode(bytes(folder) + b"/f\xeate"))
+    latin1.mkdir()
+    shutil.copy(folder / "good.png", latin1 / "in-it.png")
+    shutil.copy(folder / "good.png", os.fsdecode(bytes(folder) + b"/caf\xe9.png"))
     found = list(scan(folder))
     reasons = {entry.path: entry.reason for entry in found if isinstance(entry, Unreadable)}
-    assert set(reasons) == {"pipe.jpg", "dangling.jpg"}
+    assert set(reasons) == {"pipe.jpg", "dangling.jpg", "caf\\xe9.png", "f\\xeate/in-it.png"}
     assert reasons["pipe.jpg"] == "not a regular file"
     assert reasons["dangling.jpg"].startswith("cannot stat")
+    assert reasons["caf\\xe9.png"].startswith("its name is not UTF-8")
 
     vanished = FoundFile(str(folder), "gone.jpg", 10, 0)
     files = [f for f in found if isinstance(f, FoundFile)] + [vanished]
@@ -97,5 +106,8 @@ def test_special_and_vanishing_files(tmp_path: Path, encoder: Encoder) -> None:
     assert isinstance(items[-1], Failed) and "vanished" in items[-1].reason
 
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
-    summary = Indexer(collection, encoder, workers=0, progress=False).run([folder])
-    assert (summary.added, summary.failed) == (1, 2)
+    indexer = Indexer(collection, encoder, workers=0, progress=False)
+    first, again = indexer.run([folder]), indexer.run([folder])  # ended in UnicodeEncodeError
+    assert (first.added, first.failed, again.unchanged, again.failed) == (1, 4, 1, 4)
+    with pytest.raises(ClipsearchError, match=r"^/.*/f\\xeate: its name is not UTF-8"):
+        indexer.run([latin1])
