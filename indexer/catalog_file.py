@@ -36,8 +36,7 @@ def read_catalog(path: Path, encoding: str = "utf-8") -> CatalogRows:
     result = CatalogRows(root)
     first: dict[str, int] = {}  # each image's first line
     again: list[tuple[str, int]] = []
-    start = 2 if path.suffix.lower() == ".csv" else 1  # a CSV file's first line is its header
-    for number, row in enumerate(_rows(path, encoding), start=start):
+    for number, row in _rows(path, encoding):
         key = _image(path, number, row)
         if key in first:
             again.append((key, number))
@@ -70,7 +69,8 @@ def _image(path: Path, number: int, row: dict[str, Any]) -> str:
     return relative.as_posix()
 
 
-def _rows(path: Path, encoding: str) -> list[dict[str, Any]]:
+def _rows(path: Path, encoding: str) -> list[tuple[int, dict[str, Any]]]:
+    """Each row with the number of the line it starts on."""
     suffix = path.suffix.lower()
     # utf-8-sig: UTF-8 with or without the byte-order mark that Excel puts first.
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
@@ -80,7 +80,7 @@ def _rows(path: Path, encoding: str) -> list[dict[str, Any]]:
                 return _csv_rows(path, handle)
             if suffix in (".jsonl", ".ndjson"):
                 lines = enumerate(handle, start=1)
-                return [_json_row(path, n, line) for n, line in lines if line.strip()]
+                return [(n, _json_row(path, n, line)) for n, line in lines if line.strip()]
     except OSError as exc:
         raise ClipsearchError(f"cannot read catalog {path}: {exc.strerror}") from exc
     except UnicodeDecodeError:
@@ -88,31 +88,42 @@ def _rows(path: Path, encoding: str) -> list[dict[str, Any]]:
             f"catalog {path} is not {encoding} text: name its encoding (--encoding gb18030 for "
             "Excel in Chinese, cp1252 in Western Europe) or save it as UTF-8 (Excel: CSV UTF-8)"
         ) from None
-    except csv.Error as exc:
-        raise ClipsearchError(f"cannot parse catalog {path}: {exc}") from exc
     raise ClipsearchError(f"catalog {path} must be a .csv or .jsonl file")
 
 
-def _csv_rows(path: Path, handle: TextIO) -> list[dict[str, Any]]:
-    """The rows of a CSV file separated by whichever of DELIMITERS gives it an image column."""
+def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a CSV file separated by whichever of DELIMITERS gives it an image column.
+    Strict: a quote left open read the rest of the file as one field, so the products after it
+    were silently left out (and dropped from the collection)."""
     header = handle.readline()
     handle.seek(0)
     delimiter = next((d for d in DELIMITERS if IMAGE_COLUMN in _fields(header, d)), None)
     if delimiter is None:
         raise ClipsearchError(f"{path} has no '{IMAGE_COLUMN}' column in {header.strip()[:80]!r}")
-    reader = csv.DictReader(handle, delimiter=delimiter)
-    rows = []
-    for row in reader:
-        # Fields beyond the header (DictReader's restkey) are most often a title's unquoted
-        # comma, which shifts every column after it; a short row only leaves its last ones out.
-        extra = [field for field in row.pop(None, []) if field.strip()]
-        if extra:
-            raise ClipsearchError(
-                f"{path}:{reader.line_num}: {len(row) + len(extra)} fields where the header has "
-                f"{len(row)}; a field with {delimiter!r} in it needs quotes"
-            )
-        rows.append({name: value for name, value in row.items() if value is not None})
+    reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
+    rows, start = [], 2
+    try:
+        for row in reader:
+            _whole(path, start, row, delimiter)
+            rows.append((start, {name: value for name, value in row.items() if value is not None}))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ClipsearchError(
+            f"{path}:{start}: {exc}; a field with a quote in it needs quotes around it and the "
+            'quote doubled ("12"" pizza")'
+        ) from None
     return rows
+
+
+def _whole(path: Path, line: int, row: dict[Any, Any], delimiter: str) -> None:
+    """Fields beyond the header (DictReader's restkey) are most often a title's unquoted
+    delimiter, which shifts every column after it; a short row only leaves its last ones out."""
+    extra = [field for field in row.pop(None, []) if field.strip()]
+    if extra:
+        raise ClipsearchError(
+            f"{path}:{line}: {len(row) + len(extra)} fields where the header has {len(row)}; "
+            f"a field with {delimiter!r} in it needs quotes"
+        )
 
 
 def _fields(line: str, delimiter: str) -> list[str]:

@@ -173,6 +173,10 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
         ("not json\n", ".jsonl", "not valid JSON"),
         ("image\n\n", ".txt", "must be a .csv or .jsonl"),
         ("image,title\nimg/a.jpg,Shoes, red\n", ".csv", ":2: 3 fields where the header has 2"),
+        # A row after a description on two lines starts on line 4.
+        ('image,title\na.jpg,"Two\nlines"\nb.jpg,Shoes, red\n', ".csv", ":4: 3 fields where"),
+        # A quote left open: the products after it were read as its title, and left out.
+        ('image,title\na.jpg,"12 inch\nb.jpg,Pear\nc.jpg,Fig\n', ".csv", ":2: unexpected end"),
         ("image,标题\nimg/a.jpg,鞋\n".encode("gb18030"), ".csv", "is not utf-8 text.*gb18030"),
     ],
 )
