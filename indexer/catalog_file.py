@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import codecs
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from indexer.scan import FoundFile, Unreadable
+from search import jsontext
 from search.errors import ClipsearchError
 
 IMAGE_COLUMN = "image"
@@ -132,7 +132,7 @@ def _fields(line: str, delimiter: str) -> list[str]:
 
 def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
-        row = json.loads(line)
+        row = jsontext.loads(line)
     except ValueError as exc:
         raise ClipsearchError(f"{path}:{number}: not valid JSON ({exc})") from exc
     if not isinstance(row, dict):

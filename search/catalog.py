@@ -41,6 +41,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from search import jsontext
 from search.errors import ClipsearchError, CollectionError, StorageError
 from search.migrations import SCHEMA_VERSION, upgrade
 
@@ -202,7 +203,9 @@ class Catalog:
         self.path = path
         self.read_only = read_only
         url = _read_only_url(path) if read_only else f"sqlite:///{path}"
-        self.engine = create_engine(url, connect_args={"timeout": 30})
+        self.engine = create_engine(
+            url, connect_args={"timeout": 30}, json_serializer=jsontext.dumps
+        )
         # Connections are closed with the catalog, and at exit: SQLite moves the write-ahead
         # log into the catalog file when the last one closes.
         weakref.finalize(self, self.engine.dispose)

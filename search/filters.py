@@ -11,7 +11,20 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Numeric, Select, String, and_, case, cast, func, select, true
+from sqlalchemy import (
+    Float,
+    Numeric,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    null,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -26,6 +39,8 @@ _ATTR_KEY = rf"^attr_{_NAME_CHAR}+$"  # _ATTR, as JSON Schema says it
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 FILTER_KEYS = ("folder", "ext", "date_from", "date_to", "tag")
 MAX_FILTER_CHARS = 1000
+# JSON's booleans, as json_type names them and as a filter and the facets spell them.
+BOOLEANS = ("true", "false")
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,7 @@ class Filters:
             tagged = select(ImageTag.image_id).join(Tag).where(Tag.name == name)
             conditions.append(ImageRecord.id.in_(tagged))
         for name, value in self.attr_equals.items():
-            conditions.append(cast(_attribute(name), String) == value)
+            conditions.append(_equals(name, value))
         for name, value in self.attr_min.items():
             number = _attribute(name)
             conditions.append(and_(cast(number, Numeric) >= value, _is_number(number)))
@@ -151,9 +166,22 @@ def filters_schema() -> dict[str, Any]:
 
 
 def _attribute(name: str) -> ColumnElement[Any]:
+    return func.json_extract(ImageRecord.attributes, _path(name))
+
+
+def _path(name: str) -> str:
     # The path spells the key as the catalog stores it: SQLAlchemy's json.dumps writes 价格 as
     # "\u4ef7\u683c", and SQLite before 3.45 compares a path's label with that text as it is.
-    return func.json_extract(ImageRecord.attributes, "$." + json.dumps(name))
+    return "$." + json.dumps(name)
+
+
+def _equals(name: str, value: str) -> ColumnElement[bool]:
+    """The attribute is `value`; a JSONL catalog's true and false are 'true' and 'false', as
+    the facets offer them (json_extract reads them as 1 and 0)."""
+    equal = cast(_attribute(name), String) == value
+    if value in BOOLEANS:
+        return or_(equal, func.json_type(ImageRecord.attributes, _path(name)) == value)
+    return equal
 
 
 def _is_number(value: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -250,12 +278,15 @@ def _attribute_values() -> Select[tuple[str, Any, float | None]]:
     """Each attribute's distinct values, blanks left out (a product without a price has none),
     with the number each is, or None for text."""
     pair = func.json_each(ImageRecord.attributes).table_valued("key", "value", "type", name="pair")
-    number = case((_is_number(pair.c.value), cast(pair.c.value, Float)))
+    boolean = pair.c.type.in_(BOOLEANS)
+    value = case((boolean, pair.c.type), else_=pair.c.value)
+    number = case((boolean, null()), (_is_number(pair.c.value), cast(pair.c.value, Float)))
     return (
-        select(pair.c.key, pair.c.value, number)
+        select(pair.c.key, value, number)
         .select_from(ImageRecord)
         .join(pair, true())
-        .where(pair.c.type.in_(("text", "integer", "real")), func.trim(pair.c.value) != "")
+        .where(pair.c.type.in_(("text", "integer", "real", *BOOLEANS)))
+        .where(func.trim(pair.c.value) != "")
         .distinct()
         .limit(100_000)
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, text
 
+from search import jsontext
+
 
 def _embeddings_apart(connection: Connection) -> None:
     """Schema 2: the embeddings leave the images table for their own. A filter scans the images
@@ -51,9 +53,28 @@ def _tags(connection: Connection) -> None:
         connection.execute(text(statement))
 
 
+def _finite_attributes(connection: Connection) -> None:
+    """Schema 5: attributes as SQLite's JSON reads them. A JSONL catalog's NaN or Infinity was
+    stored as Python writes it, and every filter and facet of the collection then failed as
+    "malformed JSON"; such a value becomes null, as the indexer now reads it."""
+    rows = connection.execute(
+        text("SELECT id, attributes FROM images WHERE NOT json_valid(attributes)")
+    )
+    for image_id, attributes in rows.all():
+        connection.execute(
+            text("UPDATE images SET attributes = :attributes WHERE id = :id"),
+            {"attributes": jsontext.dumps(jsontext.loads(attributes)), "id": image_id},
+        )
+
+
 # STEPS[n] upgrades a catalog of schema n + 1 to schema n + 2; the release before migrations
 # existed wrote schema 1 and no version row.
-STEPS: tuple[Callable[[Connection], None], ...] = (_embeddings_apart, _root_ignore_rules, _tags)
+STEPS: tuple[Callable[[Connection], None], ...] = (
+    _embeddings_apart,
+    _root_ignore_rules,
+    _tags,
+    _finite_attributes,
+)
 SCHEMA_VERSION = len(STEPS) + 1
 
 

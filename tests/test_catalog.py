@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -143,6 +144,30 @@ def test_a_chinese_shops_columns_are_filters_and_facets(tmp_path: Path, encoder:
     attributes = engine.facets()["attributes"]
     assert attributes["价格"] == {"min": 1.5, "max": 120}
     assert attributes["类别"] == {"values": ["水果", "花园"]}
+
+
+def test_a_jsonl_shops_nan_and_booleans(tmp_path: Path, encoder: Encoder) -> None:
+    """Python's json.dumps writes a missing price as NaN: stored as it was, SQLite (before
+    3.42) then answered every filter and facet of the collection with "malformed JSON". And
+    `"in_stock": true` matched no `attr_in_stock=true`: json_extract reads true as 1."""
+    write_shop(tmp_path / "shop", PRODUCTS[:4])
+    lines = [
+        {"image": "img/red-apple.jpg", "sku": "A1", "price": 1.5, "in_stock": True},
+        {"image": "img/yellow-flower.jpg", "sku": "F1", "price": math.nan, "in_stock": False},
+        {"image": "img/pine-forest.jpg", "sku": "T1", "price": math.inf, "in_stock": True},
+        {"image": "img/sailing-boat.jpg", "sku": "B1", "price": 9, "in_stock": "true"},
+    ]
+    catalog = tmp_path / "shop" / "products.jsonl"
+    catalog.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    Indexer(collection, encoder, workers=0, progress=False).run_catalog(catalog)
+    engine = SearchEngine(collection, encoder)
+    assert found(engine, attr_price_max=10) == {"A1", "B1"}
+    assert found(engine, attr_in_stock="true") == {"A1", "T1", "B1"}
+    assert found(engine, attr_in_stock="false") == {"F1"}
+    attributes = engine.facets()["attributes"]
+    assert attributes["price"] == {"min": 1.5, "max": 9}
+    assert attributes["in_stock"] == {"values": ["false", "true"]}
 
 
 def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:

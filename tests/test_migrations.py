@@ -13,9 +13,12 @@ import pytest
 
 from search.catalog import Catalog
 from search.collection import Collection
+from search.engine import SearchEngine
 from search.migrations import SCHEMA_VERSION
+from search.model import Encoder
 from tests.conftest import (
     PYTHON,
+    ask,
     build,
     copy_samples,
     in_namespace,
@@ -81,6 +84,30 @@ def test_an_upgraded_catalog_has_the_schema_of_a_new_one(old: Path, tmp_path: Pa
             }
 
     assert tables(old / "catalog.sqlite") == tables(fresh)
+
+
+def test_a_schema_4_catalog_holding_nan_answers_filters_once_upgraded(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """Schema 4 stored a JSONL catalog's NaN as Python writes it, and SQLite (before 3.42)
+    then refused every filter and facet of the collection as "malformed JSON"."""
+    collection = build(tmp_path / "data", copy_samples(tmp_path / "photos"), encoder)
+    with sqlite3.connect(collection.catalog.path) as connection:
+        for image_id, attributes in (
+            (1, '{"price": NaN, "deep": [Infinity]}'),
+            (2, '{"price": 2}'),
+        ):
+            connection.execute(
+                "UPDATE images SET attributes = ? WHERE id = ?", (attributes, image_id)
+            )
+        connection.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
+    collection.catalog.engine.dispose()
+    upgraded = Collection.open(tmp_path / "data")
+    assert upgraded.catalog.schema_version() == SCHEMA_VERSION
+    engine = SearchEngine(upgraded, encoder)
+    assert engine.image(1).attributes == {"price": None, "deep": [None]}
+    hits = ask(engine, text="anything", filters={"attr_price_max": 5}).hits
+    assert [hit.record.id for hit in hits] == [2]
 
 
 def test_a_newer_schema_is_refused_in_one_line(old: Path) -> None:
