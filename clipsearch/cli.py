@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -316,9 +317,18 @@ def search(
     paths = collection.catalog.file_paths([result["id"] for result in results])
     for result in results:
         where = paths.get(result["id"], result["path"])  # removed since: as the server says it
-        click.echo(f"{result['score']:.4f}  {result['id']:>7}  {where}{_product(result)}")
+        click.echo(_line(f"{result['score']:.4f}  {result['id']:>7}  {where}{_product(result)}"))
     if not results:
         click.echo("no results", err=True)
+
+
+def _line(text: str) -> str:
+    """A line for the terminal, its control characters written out (\\n, \\x1b): a file name
+    or a product's description may hold a newline, which broke the line, or an escape sequence,
+    which a terminal would obey (recolour, clear the screen, retitle the window)."""
+    return "".join(
+        repr(char)[1:-1] if unicodedata.category(char) == "Cc" else char for char in text
+    )
 
 
 def _product(result: dict[str, Any]) -> str:
@@ -486,10 +496,10 @@ def duplicates(threshold: float, as_json: bool, data_dir: Path, device: str) -> 
         click.echo(json.dumps(duplicates_json(groups, everything), indent=2))
         return
     for best, *copies in groups:
-        click.echo(f"keep  {best.record.file_path}  ({_pixels(best.record)})")
+        click.echo(_line(f"keep  {best.record.file_path}  ({_pixels(best.record)})"))
         for copy in copies:
             same = "same file" if copy.same_file else f"cosine {copy.score:.4f}"
-            click.echo(f"      {copy.record.file_path}  ({_pixels(copy.record)}, {same})")
+            click.echo(_line(f"      {copy.record.file_path}  ({_pixels(copy.record)}, {same})"))
     click.echo(f"groups of copies: {len(groups)}", err=True)
 
 
@@ -726,9 +736,9 @@ def stats(as_json: bool, data_dir: Path, device: str) -> None:
     click.echo(f"tags        {tags['vocabulary']} ({whose}), {tags['untagged']} images untagged")
     click.echo(f"failed      {data['failed']}")
     for failure in data["failures"]:
-        click.echo(f"  {Path(failure['root'], failure['path'])}: {failure['reason']}")
+        click.echo(_line(f"  {Path(failure['root'], failure['path'])}: {failure['reason']}"))
     for root in data["roots"]:
-        click.echo(f"folder      {root['path']}")
+        click.echo(_line(f"folder      {root['path']}"))
         if root.get("exclude"):
             click.echo(f"  --exclude {' '.join(root['exclude'])}")
         for name, patterns in root.get("ignore_files", {}).items():

@@ -12,6 +12,7 @@ from tests.conftest import TINY_ARGS, one_line, run_cli
 
 def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
+    (photos / "red-apple.jpg").rename(photos / "red\napple\x1b[2J.jpg")  # a stranger's name
     first = run_cli("index", str(photos), *TINY_ARGS, *data, "--json", "--workers", "1")
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert set(summary) >= {"scanned", "added", "updated", "unchanged", "removed", "failed"}
@@ -30,8 +31,9 @@ def test_index_search_stats_round_trip(tmp_path: Path, photos: Path) -> None:
     assert found["model"] == "tiny-clip/none" and found["notice"] is None
     first_id = found["results"][0]["id"]
     # A query the English model cannot read is answered, with a word on why it finds little.
-    chinese = run_cli("search", "红色的苹果", "-k", "3", *data)
-    assert len(chinese.stdout.splitlines()) == 3
+    chinese = run_cli("search", "红色的苹果", "-k", "12", *data)
+    assert len(chinese.stdout.splitlines()) == 12  # a name's newline is written \n
+    assert "/red\\napple\\x1b[2J.jpg" in chinese.stdout
     assert "clipsearch: this collection's model reads English only:" in chinese.stderr
 
     like = json.loads(run_cli("search", "--like", str(first_id), *data, "--json").stdout)
