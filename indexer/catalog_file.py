@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import csv
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,6 +17,9 @@ from search.errors import ClipsearchError
 
 IMAGE_COLUMN = "image"
 DELIMITERS = ",;\t|"
+# Excel separates fields with ';' where the comma is the decimal point (most of Europe): a price
+# there reads 3,50 or 1.234,50, which no range filter took for a number.
+EUROPEAN_NUMBER = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +116,23 @@ def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
             f"{path}:{start}: {exc}; a field with a quote in it needs quotes around it and the "
             'quote doubled ("12"" pizza")'
         ) from None
+    if delimiter == ";":
+        _decimal_commas(rows)
     return rows
+
+
+def _decimal_commas(rows: list[tuple[int, dict[str, Any]]]) -> None:
+    """A column of numbers written with a decimal comma, such as a price (most of its values,
+    one with a comma at least: a few 'N/A' stay as they are), gets them as numbers are read
+    everywhere else: 3,50 becomes 3.50 and 1.234,50 becomes 1234.50."""
+    for name in {name for _, row in rows for name in row} - {IMAGE_COLUMN}:
+        values = [row[name].strip() for _, row in rows if row.get(name, "").strip()]
+        numbers = [value for value in values if EUROPEAN_NUMBER.fullmatch(value)]
+        if 2 * len(numbers) <= len(values) or not any("," in value for value in numbers):
+            continue
+        for _, row in rows:
+            if EUROPEAN_NUMBER.fullmatch(value := row.get(name, "").strip()):
+                row[name] = value.replace(".", "").replace(",", ".")
 
 
 def _whole(path: Path, line: int, row: dict[Any, Any], delimiter: str) -> None:

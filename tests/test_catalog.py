@@ -224,10 +224,15 @@ def test_a_catalog_as_excel_saves_it(tmp_path: Path) -> None:
     chinese.write_bytes("image,货号,价格\na.jpg,A1,3\n".encode("gb18030"))
     assert read_catalog(chinese, "gb18030").attributes == {"a.jpg": {"货号": "A1", "价格": "3"}}
     european = tmp_path / "produits.csv"
-    european.write_bytes("\ufeffimage;réf;prix\na.jpg;A1;3,50\nb.jpg;B1\n".encode())
-    assert read_catalog(european).attributes == {
-        "a.jpg": {"réf": "A1", "prix": "3,50"},
+    rows = "a.jpg;A1;3,50;1\nb.jpg;B1\nc.jpg;C1;1.234,50;2\nd.jpg;D1;sur demande;3\n"
+    european.write_bytes(f"\ufeffimage;réf;prix;stock\n{rows}".encode())
+    shutil.copy2(tmp_path / "a.jpg", tmp_path / "c.jpg")
+    shutil.copy2(tmp_path / "a.jpg", tmp_path / "d.jpg")
+    assert read_catalog(european).attributes == {  # the decimal comma, read as a range reads it
+        "a.jpg": {"réf": "A1", "prix": "3.50", "stock": "1"},
         "b.jpg": {"réf": "B1"},  # no price: no attribute, rather than null
+        "c.jpg": {"réf": "C1", "prix": "1234.50", "stock": "2"},
+        "d.jpg": {"réf": "D1", "prix": "sur demande", "stock": "3"},
     }
 
 
