@@ -19,6 +19,7 @@ IMAGE_COLUMN = "image"
 DELIMITERS = ",;\t|"
 # Excel separates fields with ';' where the comma is the decimal point (most of Europe): a price
 # there reads 3,50 or 1.234,50, which no range filter took for a number.
+URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 EUROPEAN_NUMBER = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ def _image(path: Path, number: int, row: dict[str, Any]) -> str:
     image = row.get(IMAGE_COLUMN)
     if not isinstance(image, str) or not image.strip():
         raise ClipsearchError(f"{path}:{number}: the '{IMAGE_COLUMN}' column is empty")
+    if URL.match(image.strip()):  # a shop's export often lists its CDN's addresses
+        raise ClipsearchError(
+            f"{path}:{number}: image {image.strip()[:80]!r} is a URL; images are read from disk: "
+            "download them (wget -x, img2dataset) and list their paths beside the catalog"
+        )
     relative = Path(image.strip())
     if relative.is_absolute() or ".." in relative.parts:
         raise ClipsearchError(

@@ -195,6 +195,7 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
     [
         ("sku,title\nA1,Apple\n", ".csv", "no 'image' column"),
         ('{"image": "../outside.jpg"}\n', ".jsonl", "inside the catalog's folder"),
+        ("image\nHTTPS://cdn.example/a.jpg\n", ".csv", ":2: image 'HTTPS://cdn.* is a URL"),
         ("not json\n", ".jsonl", "not valid JSON"),
         ("image\n\n", ".txt", "must be a .csv or .jsonl"),
         ("image,title\nimg/a.jpg,Shoes, red\n", ".csv", ":2: 3 fields where the header has 2"),
