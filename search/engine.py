@@ -84,6 +84,7 @@ class SearchEngine:
         self._lock = threading.Lock()
         self._now = self._loaded(collection, encoder, QueryEncoder(encoder))
         self._facets: tuple[int, dict[str, Any]] | None = None
+        self._facets_lock = threading.Lock()
         self._allowed = _AllowedCache()
         # Duplicates' pairs, found on a thread of their own (see duplicates()).
         self._pairs: tuple[int, Future[Pairs]] | None = None
@@ -276,10 +277,11 @@ class SearchEngine:
     def facets(self) -> dict[str, Any]:
         """The filter choices, computed once per catalog generation."""
         generation = self.collection.catalog.generation()
-        cached = self._facets
-        if cached is None or cached[0] != generation:
-            with self.collection.catalog.sessions() as session:
-                cached = self._facets = (generation, facets(session))
+        with self._facets_lock:  # seconds at a million products: computed once, not per visitor
+            cached = self._facets
+            if cached is None or cached[0] != generation:
+                with self.collection.catalog.sessions() as session:
+                    cached = self._facets = (generation, facets(session))
         return cached[1]
 
     def duplicates(self, threshold: float) -> list[list[Copy]]:

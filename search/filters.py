@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -41,6 +42,7 @@ FILTER_KEYS = ("folder", "ext", "date_from", "date_to", "tag")
 MAX_FILTER_CHARS = 1000
 # JSON's booleans, as json_type names them and as a filter and the facets spell them.
 BOOLEANS = ("true", "false")
+SCALARS = ("text", "integer", "real", *BOOLEANS)  # json_type's names; objects and lists: no facet
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,7 @@ def _date(values: Mapping[str, Any], key: str) -> date | None:
 
 
 FACET_VALUES = 50  # an attribute with more distinct values is free text (a title, a URL)
+FACET_SAMPLE = 100_000  # distinct (attribute, value) pairs read to tell ranges from lists
 
 
 def facets(session: Session) -> dict[str, Any]:
@@ -254,7 +257,7 @@ def facets(session: Session) -> dict[str, Any]:
     oldest, newest = session.execute(
         select(func.min(ImageRecord.taken_at), func.max(ImageRecord.taken_at))
     ).one()
-    attributes = _attribute_facets(session.execute(_attribute_values()))
+    attributes = _attribute_facets(session)
     return {
         "folders": list(folders[:500]),
         "extensions": list(extensions),
@@ -275,8 +278,8 @@ def tag_counts(session: Session) -> list[dict[str, Any]]:
 
 
 def _attribute_values() -> Select[tuple[str, Any, float | None]]:
-    """Each attribute's distinct values, blanks left out (a product without a price has none),
-    with the number each is, or None for text."""
+    """A sample of each attribute's distinct values, blanks left out (a product without a
+    price has none), with the number each is, or None for text."""
     pair = func.json_each(ImageRecord.attributes).table_valued("key", "value", "type", name="pair")
     boolean = pair.c.type.in_(BOOLEANS)
     value = case((boolean, pair.c.type), else_=pair.c.value)
@@ -285,19 +288,33 @@ def _attribute_values() -> Select[tuple[str, Any, float | None]]:
         select(pair.c.key, value, number)
         .select_from(ImageRecord)
         .join(pair, true())
-        .where(pair.c.type.in_(("text", "integer", "real", *BOOLEANS)))
-        .where(func.trim(pair.c.value) != "")
+        .where(pair.c.type.in_(SCALARS), func.trim(pair.c.value) != "")
         .distinct()
-        .limit(100_000)
+        .limit(FACET_SAMPLE)
     )
 
 
-def _attribute_facets(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
-    """A numeric range for an attribute whose values are mostly numbers (a price column with a
-    few 'N/A'), else its values when there are few enough to choose from."""
+def _attribute_facets(session: Session) -> dict[str, Any]:
+    """Each attribute as a numeric range when most of its values are numbers (a price column
+    with a few 'N/A'), else as its values when there are few enough to choose from. Past the
+    sample, the sample only says which is which: the range and the values are read from every
+    product, since a category that only the last products have must be offered too (at a
+    million products, about a second an attribute)."""
+    sample = session.execute(_attribute_values()).all()
+    facets = _sampled_facets(sample)
+    if len(sample) < FACET_SAMPLE:  # the sample holds every value
+        return facets
+    exact = {
+        key: _range(session, key) if "min" in facet else _values(session, key)
+        for key, facet in facets.items()
+    }
+    return {key: facet for key, facet in exact.items() if facet is not None}
+
+
+def _sampled_facets(sample: Iterable[Sequence[Any]]) -> dict[str, Any]:
     values: dict[str, set[str]] = {}
     numbers: dict[str, list[float]] = {}
-    for key, value, number in rows:
+    for key, value, number in sample:
         if _ATTR.match(f"attr_{key}"):
             values.setdefault(key, set()).add(str(value))
             if number is not None and math.isfinite(number):
@@ -310,3 +327,29 @@ def _attribute_facets(rows: Iterable[Sequence[Any]]) -> dict[str, Any]:
         elif len(seen) <= FACET_VALUES:
             facets[key] = {"values": sorted(seen)}
     return facets
+
+
+def _range(session: Session, key: str) -> dict[str, float] | None:
+    """The smallest and largest number the attribute has (never an infinity, as 1e999 is)."""
+    value = _attribute(key)
+    number = cast(value, Float)
+    low, high = session.execute(
+        select(func.min(number), func.max(number)).where(
+            _is_number(value), number.between(-sys.float_info.max, sys.float_info.max)
+        )
+    ).one()
+    return None if low is None else {"min": low, "max": high}
+
+
+def _values(session: Session, key: str) -> dict[str, list[str]] | None:
+    """The attribute's values, if there are at most FACET_VALUES (true and false as such)."""
+    kind = func.json_type(ImageRecord.attributes, _path(key))
+    value = case((kind.in_(BOOLEANS), kind), else_=_attribute(key))
+    found = session.scalars(
+        select(value)
+        .where(kind.in_(SCALARS), func.trim(_attribute(key)) != "")
+        .distinct()
+        .limit(FACET_VALUES + 1)
+    ).all()
+    shown = {str(item) for item in found}
+    return {"values": sorted(shown)} if len(found) <= FACET_VALUES else None

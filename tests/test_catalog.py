@@ -11,6 +11,7 @@ import pytest
 
 from indexer.catalog_file import read_catalog
 from indexer.sync import Indexer
+from search import filters
 from search.collection import Collection
 from search.engine import SearchEngine
 from search.errors import ClipsearchError
@@ -127,6 +128,20 @@ def test_a_price_that_is_not_a_number_is_in_no_range(tmp_path: Path, encoder: En
     everything = {"A1", "F1", "T1", "B1"}
     assert found(engine, attr_price_max="", attr_category="") == everything  # "": no filter
     assert engine.facets()["attributes"]["price"] == {"min": 1.5, "max": 9.5}
+
+
+def test_facets_past_the_sample_come_from_every_product(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The facets were read from the first 100,000 distinct values: past about 30,000
+    products, a category that only the last ones have was not offered, and the price range
+    ended short. Here the sample is the first two products' values."""
+    monkeypatch.setattr(filters, "FACET_SAMPLE", 8)
+    engine = shop_engine(tmp_path, encoder, PRODUCTS[:4])
+    attributes = engine.facets()["attributes"]
+    assert attributes["category"] == {"values": ["fruit", "garden", "toys"]}
+    assert attributes["price"] == {"min": 1.5, "max": 9999}
+    assert attributes["sku"] == {"values": ["A1", "B1", "F1", "T1"]}
 
 
 def test_a_chinese_shops_columns_are_filters_and_facets(tmp_path: Path, encoder: Encoder) -> None:
