@@ -312,6 +312,8 @@ def _attribute_facets(session: Session) -> dict[str, Any]:
 
 
 def _sampled_facets(sample: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """The facets the sample shows: a range where most distinct values are numbers, a list
+    where there are few, nothing for free text (a title, a URL)."""
     values: dict[str, set[str]] = {}
     numbers: dict[str, list[float]] = {}
     for key, value, number in sample:
