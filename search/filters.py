@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from typing import Any
 
 from sqlalchemy import (
@@ -120,9 +120,8 @@ class Filters:
             conditions.append(ImageRecord.ext.in_(sorted(extensions)))
         if self.date_from:
             conditions.append(ImageRecord.taken_at >= datetime.combine(self.date_from, time.min))
-        if self.date_to:
-            end = datetime.combine(self.date_to + timedelta(days=1), time.min)
-            conditions.append(ImageRecord.taken_at < end)
+        if self.date_to:  # inclusive, up to 9999-12-31, which has no day after it
+            conditions.append(ImageRecord.taken_at <= datetime.combine(self.date_to, time.max))
         for name in self.tags:
             tagged = select(ImageTag.image_id).join(Tag).where(Tag.name == name)
             conditions.append(ImageRecord.id.in_(tagged))

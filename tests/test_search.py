@@ -133,6 +133,10 @@ def test_filters_keep_exact_results_and_never_return_fewer_than_exist(
     today = Filters.parse({"date_from": "2000-01-01"})
     assert len(engine.search(query, k=100, filters=today).hits) == 16
     assert engine.search(query, k=100, filters=Filters.parse({"date_to": "1999-12-31"})).hits == []
+    # Inclusive: the newest image's own day holds it; the last day there is (an OverflowError).
+    for last in (engine.facets()["date_to"], "9999-12-31"):
+        until = Filters.parse({"date_to": last})
+        assert len(engine.search(query, k=100, filters=until).hits) == 16
     with pytest.raises(BadRequest, match="ISO date"):
         Filters.parse({"date_from": "notadate"})
 
