@@ -187,13 +187,13 @@ class SearchEngine:
     @staticmethod
     def _raw_vector(value: object, dim: int) -> np.ndarray:
         """A caller's own embedding (from this collection's model), normalised like ours."""
-        vector = np.asarray(value, dtype=np.float32)
+        vector = np.asarray(value, dtype=np.float64)  # 1e38 squared is no float32
         if vector.shape != (dim,):
             raise BadRequest(f"an embedding must be a list of {dim} numbers")
         norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm < 1e-6:
             raise BadRequest("an embedding must be finite and not all zeros")
-        return vector / norm
+        return (vector / norm).astype(np.float32)
 
     def query(self, request: SearchRequest) -> Page:
         """Embed the terms and search; took_ms covers both, as a caller experiences it. The

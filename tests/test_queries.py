@@ -109,8 +109,9 @@ def test_min_score_above_any_cosine_returns_nothing(client: FlaskClient) -> None
 
 def test_a_raw_embedding_is_a_query(client: FlaskClient) -> None:
     target = client.application.extensions["clipsearch"].image(5)
-    page = search(client, embedding=(target.vector * 3).tolist(), k=1)
-    assert page["results"][0]["id"] == 5 and page["results"][0]["score"] > 0.999
+    for scale in (3, 1e38):  # any length: 1e38 squared was no float32 ("must be finite")
+        page = search(client, embedding=(target.vector.astype(float) * scale).tolist(), k=1)
+        assert page["results"][0]["id"] == 5 and page["results"][0]["score"] > 0.999
     bad = client.post("/api/search", json={"embedding": [1.0, 2.0]})
     assert bad.status_code == 400 and "embedding" in bad.json["error"]
 
