@@ -163,6 +163,12 @@ def cli() -> None:
     help="The --catalog file's encoding when it is not UTF-8: gb18030 (Excel in Chinese), "
     "cp1252 (Excel in Western Europe).",
 )
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch the --catalog's images it gives as http(s) URLs into CATALOG.images/ beside "
+    "it, once each, and index them from there.",
+)
 @_model_options
 @click.option(
     "--batch-size",
@@ -203,6 +209,7 @@ def index(
     folders: tuple[Path, ...],
     catalog: Path | None,
     encoding: str | None,
+    download: bool,
     model: str | None,
     pretrained: str | None,
     text_model: str | None,
@@ -230,8 +237,8 @@ def index(
 
     if bool(folders) == bool(catalog):
         raise click.UsageError("give image FOLDERS or --catalog FILE (one of the two)")
-    if encoding and not catalog:
-        raise click.UsageError("--encoding is the encoding of a --catalog file")
+    if (encoding or download) and not catalog:
+        raise click.UsageError("--encoding and --download are about a --catalog file")
     spec = _spec(model, pretrained, text_model, data_dir)
     if rebuild:
         collection = _rebuilt(data_dir, spec, device, batch_size, max_pixels)
@@ -243,7 +250,7 @@ def index(
     )
     try:
         summary = (
-            indexer.run_catalog(catalog, encoding or "utf-8")
+            indexer.run_catalog(catalog, encoding or "utf-8", download)
             if catalog
             else indexer.run(list(folders))
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from indexer.download import fetch_missing, folder_for, local_name
 from indexer.scan import FoundFile, Unreadable
 from search import jsontext
 from search.errors import ClipsearchError
@@ -33,27 +34,30 @@ class CatalogRows:
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)  # by relative path
 
 
-def read_catalog(path: Path, encoding: str = "utf-8") -> CatalogRows:
+def read_catalog(
+    path: Path, encoding: str = "utf-8", download: bool = False, progress: bool | None = None
+) -> CatalogRows:
     """The rows of a catalog file in `encoding`; a CSV file's separator is found from its
     header (Excel writes ';' where a comma is the decimal point). An image listed again keeps
-    its first row: a shop's variants may share a photo, and one photo is one search result."""
+    its first row: a shop's variants may share a photo, and one photo is one search result. An
+    image given as a URL is fetched, with `download`, into a folder beside the catalog, once."""
     root = path.resolve().parent
     result = CatalogRows(root)
     first: dict[str, int] = {}  # each image's first line
     again: list[tuple[str, int]] = []
+    urls: dict[str, str] = {}
     for number, row in _rows(path, encoding):
-        key = _image(path, number, row)
+        key, url = _image(path, number, row, download)
         if key in first:
             again.append((key, number))
             continue
         first[key] = number
+        if url is not None:
+            urls[key] = url
         result.attributes[key] = {k: v for k, v in row.items() if k != IMAGE_COLUMN}
-        try:
-            stat = (root / key).stat()
-        except OSError as exc:
-            result.unreadable.append(Unreadable(str(root), key, f"missing: {exc.strerror}"))
-            continue
-        result.files.append(FoundFile(str(root), key, stat.st_size, stat.st_mtime_ns))
+    failed = fetch_missing(root, urls, progress) if urls else {}
+    for key in first:
+        _add(result, key, failed.get(key))
     if again:
         key, number = again[0]
         message = "%s lists %d image(s) again, each kept with its first row (%s: lines %d, %d)"
@@ -61,22 +65,45 @@ def read_catalog(path: Path, encoding: str = "utf-8") -> CatalogRows:
     return result
 
 
-def _image(path: Path, number: int, row: dict[str, Any]) -> str:
-    """A row's image, as a path relative to the catalog's folder."""
+def _add(result: CatalogRows, key: str, failed: str | None) -> None:
+    """A listed image as a file to read, or as one that cannot be (missing, not downloaded)."""
+    root = str(result.root)
+    if failed is not None:
+        result.unreadable.append(Unreadable(root, key, failed))
+        return
+    try:
+        stat = (result.root / key).stat()
+    except OSError as exc:
+        result.unreadable.append(Unreadable(root, key, f"missing: {exc.strerror}"))
+        return
+    result.files.append(FoundFile(root, key, stat.st_size, stat.st_mtime_ns))
+
+
+def _image(path: Path, number: int, row: dict[str, Any], download: bool) -> tuple[str, str | None]:
+    """A row's image, as a path relative to the catalog's folder, and the URL it comes from."""
     image = row.get(IMAGE_COLUMN)
     if not isinstance(image, str) or not image.strip():
         raise ClipsearchError(f"{path}:{number}: the '{IMAGE_COLUMN}' column is empty")
-    if URL.match(image.strip()):  # a shop's export often lists its CDN's addresses
-        raise ClipsearchError(
-            f"{path}:{number}: image {image.strip()[:80]!r} is a URL; images are read from disk: "
-            "download them (wget -x, img2dataset) and list their paths beside the catalog"
-        )
-    relative = Path(image.strip())
+    image = image.strip()
+    if URL.match(image):  # a shop's export often lists its CDN's addresses
+        return local_name(path, _downloadable(path, number, image, download)), image
+    relative = Path(image)
     if relative.is_absolute() or ".." in relative.parts:
         raise ClipsearchError(
             f"{path}:{number}: image {image!r} must be a path inside the catalog's folder"
         )
-    return relative.as_posix()
+    return relative.as_posix(), None
+
+
+def _downloadable(path: Path, number: int, url: str, download: bool) -> str:
+    if not download:
+        raise ClipsearchError(
+            f"{path}:{number}: image {url[:80]!r} is a URL: add --download to fetch the images "
+            f"into {folder_for(path)}"
+        )
+    if not url.lower().startswith(("http://", "https://")):
+        raise ClipsearchError(f"{path}:{number}: {url[:80]!r}: only http and https are fetched")
+    return url
 
 
 def _rows(path: Path, encoding: str) -> list[tuple[int, dict[str, Any]]]:

@@ -124,10 +124,11 @@ class Indexer:
                 log.info("%s is inside %s, indexed already: scanning all of it", folder, outer)
         return roots
 
-    def run_catalog(self, path: Path, encoding: str = "utf-8") -> Summary:
-        """Index the images a CSV or JSONL catalog lists, with its columns as attributes."""
+    def run_catalog(self, path: Path, encoding: str = "utf-8", download: bool = False) -> Summary:
+        """Index the images a CSV or JSONL catalog lists, with its columns as attributes;
+        `download`: fetch those it gives as URLs first (indexer/download.py)."""
         with self.collection.writer():
-            rows = read_catalog(path, encoding)
+            rows = read_catalog(path, encoding, download, self.progress)
             attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
             sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
             return self._sync(sources)

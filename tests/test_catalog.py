@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import math
 import shutil
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -210,7 +214,7 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
     [
         ("sku,title\nA1,Apple\n", ".csv", "no 'image' column"),
         ('{"image": "../outside.jpg"}\n', ".jsonl", "inside the catalog's folder"),
-        ("image\nHTTPS://cdn.example/a.jpg\n", ".csv", ":2: image 'HTTPS://cdn.* is a URL"),
+        ("image\nHTTPS://cdn.example/a.jpg\n", ".csv", ":2: image 'HTTPS://cdn.* --download"),
         ("not json\n", ".jsonl", "not valid JSON"),
         ("image\n\n", ".txt", "must be a .csv or .jsonl"),
         ("image,title\nimg/a.jpg,Shoes, red\n", ".csv", ":2: 3 fields where the header has 2"),
@@ -252,13 +256,69 @@ def test_a_catalog_as_excel_saves_it(tmp_path: Path) -> None:
     }
 
 
-def test_a_catalog_encoding_python_does_not_know_is_a_usage_error(tmp_path: Path) -> None:
+class Cdn(http.server.SimpleHTTPRequestHandler):
+    """A shop's image host: the sample images, and one that says it is 200 MB."""
+
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        Cdn.requests.append(self.path)
+        if self.path == "/huge.jpg":
+            self.send_response(200)
+            self.send_header("Content-Length", str(200 * 2**20))
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_catalog_of_urls_is_downloaded_once(tmp_path: Path, encoder: Encoder) -> None:
+    """A shop's export lists its CDN's addresses: each failed as 'missing' under a mangled
+    path. With --download each image is fetched once into products.images/; a 404 or an
+    oversized body or a malformed URL is that row's failure, tried again by the next run."""
+    handler = functools.partial(Cdn, directory=str(SAMPLES))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as cdn:
+        threading.Thread(target=cdn.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{cdn.server_address[1]}"
+        lines = ["image,sku", f"{base}/red-apple.jpg,A1", f"{base}/snowman.png?v=2,S1"]
+        lines += [f"{base}/gone.jpg,G1", f"{base}/huge.jpg,H1", "http://[::1/x.jpg,V1"]
+        catalog = tmp_path / "shop" / "products.csv"
+        catalog.parent.mkdir()
+        catalog.write_text("\n".join(lines) + "\n")
+        collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+        indexer = Indexer(collection, encoder, workers=0, progress=False)
+        with pytest.raises(ClipsearchError, match=r":2: .* is a URL: add --download .*images"):
+            indexer.run_catalog(catalog)
+        first = indexer.run_catalog(catalog, download=True)
+        asked = len(Cdn.requests)
+        again = indexer.run_catalog(catalog, download=True)
+        cdn.shutdown()
+    assert (first.added, first.failed, again.unchanged, again.failed) == (2, 3, 2, 3)
+    assert len(Cdn.requests) - asked == 2  # only the two that failed are asked for again
+    reasons = sorted(failure["reason"] for failure in collection.stats()["failures"])
+    assert reasons == [
+        f"download failed: HTTP 404 File not found ({base}/gone.jpg)",
+        "download failed: Invalid IPv6 URL (http://[::1/x.jpg)",
+        f"download refused: over 100 MB ({base}/huge.jpg)",
+    ]
+    assert found(SearchEngine(collection, encoder)) == {"A1", "S1"}
+    assert len(list((tmp_path / "shop" / "products.images").glob("*/*.*"))) == 2  # no .part
+
+
+def test_catalog_options_without_a_catalog_or_a_known_encoding_are_usage_errors(
+    tmp_path: Path,
+) -> None:
     catalog = write_shop(tmp_path / "shop", PRODUCTS[:1])
     data = ["--data-dir", str(tmp_path / "data")]
-    unknown = ["--catalog", str(catalog), "--encoding", "klingon"]
-    for bad in (unknown, [str(tmp_path), "--encoding", "gbk"]):  # the second: no catalog
+    for bad, said in (
+        (["--catalog", str(catalog), "--encoding", "klingon"], "'klingon' is not a text encoding"),
+        ([str(tmp_path), "--encoding", "gbk"], "--encoding and --download are about a --catalog"),
+        ([str(tmp_path), "--download"], "--encoding and --download are about a --catalog"),
+    ):
         result = run_cli("index", *bad, *TINY_ARGS, *data, check=False)
-        assert result.returncode == 2 and "--encoding" in result.stderr, result.stderr
+        assert result.returncode == 2 and said in result.stderr, result.stderr
 
 
 def test_an_image_listed_twice_is_one_result_with_its_first_row(
