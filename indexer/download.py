@@ -9,6 +9,7 @@ import http.client
 import os
 import posixpath
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from search.storage import writing
 
 MAX_BYTES = 100 * 1024 * 1024  # an image larger than this is not a product photo
 TIMEOUT_SECONDS = 30  # to connect, and between two reads
+DEADLINE_SECONDS = 300  # for the whole body: a host that trickles a byte a minute is given up on
 WORKERS = 16  # downloads at once: the network waits, not the cores
 CHUNK = 1 << 16
 
@@ -95,12 +97,15 @@ def _copy(response: http.client.HTTPResponse, part: Path) -> bool:
     with writing(where, part):
         part.parent.mkdir(parents=True, exist_ok=True)
         out = open(part, "wb")  # noqa: SIM115 -- closed below, its writes checked one by one
+    deadline = time.monotonic() + DEADLINE_SECONDS
     with out:
         copied = 0
-        while chunk := response.read(CHUNK):
+        while chunk := response.read1(CHUNK):  # what has come: the deadline is checked often
             copied += len(chunk)
             if copied > MAX_BYTES:
                 return False
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still unfinished after {DEADLINE_SECONDS} s")
             with writing(where, part):
                 out.write(chunk)
     return True

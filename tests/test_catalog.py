@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
 import math
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from indexer import download
 from indexer.catalog_file import read_catalog
 from indexer.sync import Indexer
 from search import filters
@@ -257,16 +260,22 @@ def test_a_catalog_as_excel_saves_it(tmp_path: Path) -> None:
 
 
 class Cdn(http.server.SimpleHTTPRequestHandler):
-    """A shop's image host: the sample images, and one that says it is 200 MB."""
+    """A shop's image host: the sample images, one that says it is 200 MB, and one that
+    trickles."""
 
     requests: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         Cdn.requests.append(self.path)
-        if self.path == "/huge.jpg":
+        if self.path in ("/huge.jpg", "/slow.jpg"):
             self.send_response(200)
-            self.send_header("Content-Length", str(200 * 2**20))
+            self.send_header("Content-Length", str(200 * 2**20 if "huge" in self.path else 50))
             self.end_headers()
+            with contextlib.suppress(OSError):  # a byte every 0.1 s, until the client leaves
+                for _ in range(50 if "slow" in self.path else 0):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
             return
         super().do_GET()
 
@@ -274,16 +283,21 @@ class Cdn(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_a_catalog_of_urls_is_downloaded_once(tmp_path: Path, encoder: Encoder) -> None:
+def test_a_catalog_of_urls_is_downloaded_once(
+    tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A shop's export lists its CDN's addresses: each failed as 'missing' under a mangled
     path. With --download each image is fetched once into products.images/; a 404 or an
-    oversized body or a malformed URL is that row's failure, tried again by the next run."""
+    oversized body, a host that trickles or a malformed URL is that row's failure, tried again
+    by the next run."""
+    monkeypatch.setattr(download, "DEADLINE_SECONDS", 0.5)
     handler = functools.partial(Cdn, directory=str(SAMPLES))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as cdn:
         threading.Thread(target=cdn.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{cdn.server_address[1]}"
         lines = ["image,sku", f"{base}/red-apple.jpg,A1", f"{base}/snowman.png?v=2,S1"]
         lines += [f"{base}/gone.jpg,G1", f"{base}/huge.jpg,H1", "http://[::1/x.jpg,V1"]
+        lines += [f"{base}/slow.jpg,T1"]
         catalog = tmp_path / "shop" / "products.csv"
         catalog.parent.mkdir()
         catalog.write_text("\n".join(lines) + "\n")
@@ -295,12 +309,13 @@ def test_a_catalog_of_urls_is_downloaded_once(tmp_path: Path, encoder: Encoder) 
         asked = len(Cdn.requests)
         again = indexer.run_catalog(catalog, download=True)
         cdn.shutdown()
-    assert (first.added, first.failed, again.unchanged, again.failed) == (2, 3, 2, 3)
-    assert len(Cdn.requests) - asked == 2  # only the two that failed are asked for again
+    assert (first.added, first.failed, again.unchanged, again.failed) == (2, 4, 2, 4)
+    assert len(Cdn.requests) - asked == 3  # only those that failed are asked for again
     reasons = sorted(failure["reason"] for failure in collection.stats()["failures"])
     assert reasons == [
         f"download failed: HTTP 404 File not found ({base}/gone.jpg)",
         "download failed: Invalid IPv6 URL (http://[::1/x.jpg)",
+        f"download failed: still unfinished after 0.5 s ({base}/slow.jpg)",
         f"download refused: over 100 MB ({base}/huge.jpg)",
     ]
     assert found(SearchEngine(collection, encoder)) == {"A1", "S1"}
