@@ -71,7 +71,7 @@ def fetch_missing(root: Path, urls: Mapping[str, str], progress: bool | None) ->
 def _fetch(opener: urllib.request.OpenerDirector, url: str, target: Path) -> str | None:
     """Download `url` to `target` through a temporary file; None, or why it could not be. The
     network's failures are the row's; the disk's (StorageError) stop the run."""
-    part = target.with_name(f".{target.name}.{threading.get_ident()}.part")
+    part = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "clipsearch"})
         with opener.open(request, timeout=TIMEOUT_SECONDS) as response:
