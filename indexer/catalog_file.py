@@ -18,9 +18,9 @@ from search.errors import ClipsearchError
 
 IMAGE_COLUMN = "image"
 DELIMITERS = ",;\t|"
+URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # an image given as scheme://...
 # Excel separates fields with ';' where the comma is the decimal point (most of Europe): a price
 # there reads 3,50 or 1.234,50, which no range filter took for a number.
-URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 EUROPEAN_NUMBER = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
 
 log = logging.getLogger(__name__)

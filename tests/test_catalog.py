@@ -267,17 +267,22 @@ class Cdn(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         Cdn.requests.append(self.path)
-        if self.path in ("/huge.jpg", "/slow.jpg"):
-            self.send_response(200)
-            self.send_header("Content-Length", str(200 * 2**20 if "huge" in self.path else 50))
-            self.end_headers()
+        if self.path == "/huge.jpg":
+            self._headers(200 * 2**20)
+        elif self.path == "/slow.jpg":
+            self._headers(50)
             with contextlib.suppress(OSError):  # a byte every 0.1 s, until the client leaves
-                for _ in range(50 if "slow" in self.path else 0):
+                for _ in range(50):
                     self.wfile.write(b"x")
                     self.wfile.flush()
                     time.sleep(0.1)
-            return
-        super().do_GET()
+        else:
+            super().do_GET()
+
+    def _headers(self, length: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
 
     def log_message(self, *args: object) -> None:
         pass
@@ -287,7 +292,7 @@ def test_a_catalog_of_urls_is_downloaded_once(
     tmp_path: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A shop's export lists its CDN's addresses: each failed as 'missing' under a mangled
-    path. With --download each image is fetched once into products.images/; a 404 or an
+    path. With --download each image is fetched once into products.images/; a 404, an
     oversized body, a host that trickles or a malformed URL is that row's failure, tried again
     by the next run."""
     monkeypatch.setattr(download, "DEADLINE_SECONDS", 0.5)
