@@ -9,10 +9,12 @@ Each tree runs in its own process with its own packages first on the path, on th
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -67,3 +69,20 @@ def alternating(
         this.append(measure(THIS_TREE))
         before.append(measure(baseline))
     return this, before
+
+
+def on_a_file(doc: str, name: str, write: Callable[[Path, int], None], measure: str) -> None:
+    """A benchmark's main() that writes one file `name` of --n items, then runs the snippet
+    `measure` (`python -c`, the file its argument, JSON its last line) in this tree and, given
+    --baseline, in that one."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--baseline", type=Path, help="the release to compare, a git worktree")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, name)
+        write(path, args.n)
+        result = {"n": args.n, "this": run_json(THIS_TREE, "-c", measure, str(path))}
+        if args.baseline:
+            result["baseline"] = run_json(args.baseline, "-c", measure, str(path))
+    print(json.dumps(result))

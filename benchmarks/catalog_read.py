@@ -10,16 +10,13 @@ process.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import THIS_TREE, run_json
+from benchmarks.baseline import on_a_file
 
 MEASURE = """
 import json, resource, sys, time
@@ -46,19 +43,5 @@ def write_catalog(path: Path, n: int) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--baseline", type=Path, help="the release to compare, a git worktree")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder, "products.csv")
-        write_catalog(path, args.n)
-        result = {"n": args.n, "this": run_json(THIS_TREE, "-c", MEASURE, str(path))}
-        if args.baseline:
-            result["baseline"] = run_json(args.baseline, "-c", MEASURE, str(path))
-    print(json.dumps(result))
-
-
 if __name__ == "__main__":
-    main()
+    on_a_file(__doc__, "products.csv", write_catalog, MEASURE)

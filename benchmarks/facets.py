@@ -11,17 +11,15 @@ with catalog attributes), in its own process.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sqlite3
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import THIS_TREE, run_json
+from benchmarks.baseline import on_a_file
 from search.catalog import Catalog
 
 MEASURE = """
@@ -66,19 +64,5 @@ def product(rng: random.Random, i: int, n: int) -> dict[str, str]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--baseline", type=Path, help="the release to compare, a git worktree")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder, "catalog.sqlite")
-        shop(path, args.n)
-        result = {"n": args.n, "this": run_json(THIS_TREE, "-c", MEASURE, str(path))}
-        if args.baseline:
-            result["baseline"] = run_json(args.baseline, "-c", MEASURE, str(path))
-    print(json.dumps(result))
-
-
 if __name__ == "__main__":
-    main()
+    on_a_file(__doc__, "catalog.sqlite", shop, MEASURE)
