@@ -47,9 +47,13 @@ def read_catalog(
     result = CatalogRows(root)
     first: dict[str, int] = {}  # each image's first line
     again: list[tuple[str, int]] = []
+    blank: list[int] = []  # rows without an image: a product not photographed yet
     urls: dict[str, str] = {}
     for number, row in _rows(path, encoding):
-        key, url = _image(path, number, row, download)
+        if not (image := _image(path, number, row, download)):
+            blank.append(number)
+            continue
+        key, url = image
         if key in first:
             again.append((key, number))
             continue
@@ -60,11 +64,24 @@ def read_catalog(
     failed = fetch_missing(root, urls, progress) if urls else {}
     for key in first:
         _add(result, key, failed.get(key))
+    _say_left_out(path, first, again, blank)
+    return result
+
+
+def _say_left_out(
+    path: Path, first: dict[str, int], again: list[tuple[str, int]], blank: list[int]
+) -> None:
+    """Rows left out are said once, each kind with the first line; a catalog whose rows all
+    lack an image is a mistake (a JSONL key spelt 'img'), which would empty the collection."""
+    if blank and not first:
+        raise ClipsearchError(f"{path}: no row has an '{IMAGE_COLUMN}'")
     if again:
         key, number = again[0]
         message = "%s lists %d image(s) again, each kept with its first row (%s: lines %d, %d)"
         log.warning(message, path, len(again), key, first[key], number)
-    return result
+    if blank:
+        message = "%s: %d row(s) without an image left out (the first on line %d)"
+        log.warning(message, path, len(blank), blank[0])
 
 
 def _add(result: CatalogRows, key: str, failed: str | None) -> None:
@@ -81,11 +98,16 @@ def _add(result: CatalogRows, key: str, failed: str | None) -> None:
     result.files.append(FoundFile(root, key, stat.st_size, stat.st_mtime_ns))
 
 
-def _image(path: Path, number: int, row: dict[str, Any], download: bool) -> tuple[str, str | None]:
-    """A row's image, as a path relative to the catalog's folder, and the URL it comes from."""
+def _image(
+    path: Path, number: int, row: dict[str, Any], download: bool
+) -> tuple[str, str | None] | None:
+    """A row's image, as a path relative to the catalog's folder, and the URL it comes from;
+    None for a row without one."""
     image = row.get(IMAGE_COLUMN)
-    if not isinstance(image, str) or not image.strip():
-        raise ClipsearchError(f"{path}:{number}: the '{IMAGE_COLUMN}' column is empty")
+    if image is None or (isinstance(image, str) and not image.strip()):
+        return None
+    if not isinstance(image, str):
+        raise ClipsearchError(f"{path}:{number}: '{IMAGE_COLUMN}' must be a path or a URL")
     image = image.strip()
     if URL.match(image):  # a shop's export often lists its CDN's addresses
         return local_name(path, _downloadable(path, number, image, download)), image
@@ -135,7 +157,7 @@ def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
     were silently left out (and dropped from the collection)."""
     header = handle.readline()
     handle.seek(0)
-    delimiter = next((d for d in DELIMITERS if IMAGE_COLUMN in _fields(header, d)), None)
+    delimiter = next((d for d in DELIMITERS if any(map(_is_image, _fields(header, d)))), None)
     if delimiter is None:
         raise ClipsearchError(f"{path} has no '{IMAGE_COLUMN}' column in {header.strip()[:80]!r}")
     reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
@@ -143,7 +165,8 @@ def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
     try:
         for row in reader:
             _whole(path, start, row, delimiter)
-            rows.append((start, {name: value for name, value in row.items() if value is not None}))
+            kept = {name: value for name, value in row.items() if value is not None}
+            rows.append((start, _named_image(kept)))
             start = reader.line_num + 1
     except csv.Error as exc:
         raise ClipsearchError(
@@ -180,6 +203,17 @@ def _whole(path: Path, line: int, row: dict[Any, Any], delimiter: str) -> None:
         )
 
 
+def _is_image(name: object) -> bool:
+    """'Image' and ' IMAGE ' name the image column too: spreadsheets capitalise headers."""
+    return isinstance(name, str) and name.strip().lower() == IMAGE_COLUMN
+
+
+def _named_image(row: dict[str, Any]) -> dict[str, Any]:
+    if IMAGE_COLUMN not in row and (name := next(filter(_is_image, row), None)) is not None:
+        row[IMAGE_COLUMN] = row.pop(name)
+    return row
+
+
 def _fields(line: str, delimiter: str) -> list[str]:
     return next(csv.reader([line], delimiter=delimiter), [])
 
@@ -191,4 +225,4 @@ def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:
         raise ClipsearchError(f"{path}:{number}: not valid JSON ({exc})") from exc
     if not isinstance(row, dict):
         raise ClipsearchError(f"{path}:{number}: each line must be a JSON object")
-    return row
+    return _named_image(row)

@@ -219,6 +219,7 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
         ('{"image": "../outside.jpg"}\n', ".jsonl", "inside the catalog's folder"),
         ("image\nHTTPS://cdn.example/a.jpg\n", ".csv", ":2: image 'HTTPS://cdn.* --download"),
         ("not json\n", ".jsonl", "not valid JSON"),
+        ('{"img": "a.jpg"}\n{"img": "b.jpg"}\n', ".jsonl", "no row has an 'image'"),
         ("image\n\n", ".txt", "must be a .csv or .jsonl"),
         ("image,title\nimg/a.jpg,Shoes, red\n", ".csv", ":2: 3 fields where the header has 2"),
         # A row after a description on two lines starts on line 4.
@@ -325,6 +326,21 @@ def test_a_catalog_of_urls_is_downloaded_once(
     ]
     assert found(SearchEngine(collection, encoder)) == {"A1", "S1"}
     assert len(list((tmp_path / "shop" / "products.images").glob("*/*.*"))) == 2  # no .part
+
+
+def test_a_capitalised_image_column_and_products_without_a_photo(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header 'Image' was 'no image column', and one product not photographed yet stopped
+    the whole import."""
+    shutil.copy2(SAMPLES / "red-apple.jpg", tmp_path / "a.jpg")
+    catalog = tmp_path / "products.csv"
+    catalog.write_text("Image,SKU\na.jpg,A1\n,B1\n ,C1\n")
+    assert read_catalog(catalog).attributes == {"a.jpg": {"SKU": "A1"}}
+    assert "2 row(s) without an image left out (the first on line 3)" in caplog.text
+    jsonl = tmp_path / "products.jsonl"
+    jsonl.write_text('{"IMAGE": "a.jpg", "sku": "A1"}\n{"sku": "B1"}\n')
+    assert read_catalog(jsonl).attributes == {"a.jpg": {"sku": "A1"}}
 
 
 def test_catalog_options_without_a_catalog_or_a_known_encoding_are_usage_errors(
