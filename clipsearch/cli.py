@@ -154,7 +154,8 @@ def cli() -> None:
 @click.option(
     "--catalog",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A CSV or JSONL product catalog with an 'image' column, instead of folders.",
+    help="A CSV (.tsv, .txt) or JSONL product catalog with an 'image' column (or image_link, "
+    "image_url, Image Src), instead of folders.",
 )
 @click.option(
     "--encoding",

@@ -9,6 +9,7 @@ import logging
 import os
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,6 +20,9 @@ from search import jsontext
 from search.errors import ClipsearchError
 
 IMAGE_COLUMN = "image"
+# The names the image column goes by, the first found first, in any case: ours, then Google
+# Merchant Center's product feed and the usual exports (Shopify's "Image Src").
+IMAGE_COLUMNS = (IMAGE_COLUMN, "image_link", "image_url", "image src")
 DELIMITERS = ",;\t|"
 URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # an image given as scheme://...
 # Excel separates fields with ';' where the comma is the decimal point (most of Europe): a price
@@ -136,7 +140,7 @@ def _rows(path: Path, encoding: str) -> list[tuple[int, dict[str, Any]]]:
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     try:
         with open(path, newline="", encoding=codec) as handle:
-            if suffix == ".csv":
+            if suffix in (".csv", ".tsv", ".txt"):  # a product feed is often feed.txt
                 return _csv_rows(path, handle)
             if suffix in (".jsonl", ".ndjson"):
                 lines = enumerate(handle, start=1)
@@ -148,7 +152,7 @@ def _rows(path: Path, encoding: str) -> list[tuple[int, dict[str, Any]]]:
             f"catalog {path} is not {encoding} text: name its encoding (--encoding gb18030 for "
             "Excel in Chinese, cp1252 in Western Europe) or save it as UTF-8 (Excel: CSV UTF-8)"
         ) from None
-    raise ClipsearchError(f"catalog {path} must be a .csv or .jsonl file")
+    raise ClipsearchError(f"catalog {path} must be a .csv (.tsv, .txt) or .jsonl file")
 
 
 def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
@@ -157,16 +161,22 @@ def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
     were silently left out (and dropped from the collection)."""
     header = handle.readline()
     handle.seek(0)
-    delimiter = next((d for d in DELIMITERS if any(map(_is_image, _fields(header, d)))), None)
+    delimiter = next((d for d in DELIMITERS if _image_key(_fields(header, d))), None)
     if delimiter is None:
-        raise ClipsearchError(f"{path} has no '{IMAGE_COLUMN}' column in {header.strip()[:80]!r}")
+        raise ClipsearchError(
+            f"{path} has no '{IMAGE_COLUMN}' column (nor image_link, image_url, Image Src) in "
+            f"{header.strip()[:80]!r}"
+        )
     reader = csv.DictReader(handle, delimiter=delimiter, strict=True)
     rows, start = [], 2
     try:
+        image = _image_key(reader.fieldnames or [])
         for row in reader:
             _whole(path, start, row, delimiter)
             kept = {name: value for name, value in row.items() if value is not None}
-            rows.append((start, _named_image(kept)))
+            if image != IMAGE_COLUMN and image in kept:
+                kept[IMAGE_COLUMN] = kept.pop(image)
+            rows.append((start, kept))
             start = reader.line_num + 1
     except csv.Error as exc:
         raise ClipsearchError(
@@ -203,13 +213,15 @@ def _whole(path: Path, line: int, row: dict[Any, Any], delimiter: str) -> None:
         )
 
 
-def _is_image(name: object) -> bool:
-    """'Image' and ' IMAGE ' name the image column too: spreadsheets capitalise headers."""
-    return isinstance(name, str) and name.strip().lower() == IMAGE_COLUMN
+def _image_key(names: Iterable[Any]) -> str | None:
+    """Which of `names` is the image column ('Image': spreadsheets capitalise headers)."""
+    found = {name.strip().lower(): name for name in names if isinstance(name, str)}
+    return next((found[name] for name in IMAGE_COLUMNS if name in found), None)
 
 
 def _named_image(row: dict[str, Any]) -> dict[str, Any]:
-    if IMAGE_COLUMN not in row and (name := next(filter(_is_image, row), None)) is not None:
+    """The row with its image column named IMAGE_COLUMN."""
+    if IMAGE_COLUMN not in row and (name := _image_key(row)) is not None:
         row[IMAGE_COLUMN] = row.pop(name)
     return row
 

@@ -220,7 +220,7 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
         ("image\nHTTPS://cdn.example/a.jpg\n", ".csv", ":2: image 'HTTPS://cdn.* --download"),
         ("not json\n", ".jsonl", "not valid JSON"),
         ('{"img": "a.jpg"}\n{"img": "b.jpg"}\n', ".jsonl", "no row has an 'image'"),
-        ("image\n\n", ".txt", "must be a .csv or .jsonl"),
+        ("<rss><channel/></rss>\n", ".xml", r"must be a \.csv \(\.tsv, \.txt\) or \.jsonl"),
         ("image,title\nimg/a.jpg,Shoes, red\n", ".csv", ":2: 3 fields where the header has 2"),
         # A row after a description on two lines starts on line 4.
         ('image,title\na.jpg,"Two\nlines"\nb.jpg,Shoes, red\n', ".csv", ":4: 3 fields where"),
@@ -331,8 +331,8 @@ def test_a_catalog_of_urls_is_downloaded_once(
 def test_a_capitalised_image_column_and_products_without_a_photo(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A header 'Image' was 'no image column', and one product not photographed yet stopped
-    the whole import."""
+    """A header 'Image' (or a feed's image_link) was 'no image column', and one product not
+    photographed yet stopped the whole import."""
     shutil.copy2(SAMPLES / "red-apple.jpg", tmp_path / "a.jpg")
     catalog = tmp_path / "products.csv"
     catalog.write_text("Image,SKU\na.jpg,A1\n,B1\n ,C1\n")
@@ -341,6 +341,14 @@ def test_a_capitalised_image_column_and_products_without_a_photo(
     jsonl = tmp_path / "products.jsonl"
     jsonl.write_text('{"IMAGE": "a.jpg", "sku": "A1"}\n{"sku": "B1"}\n')
     assert read_catalog(jsonl).attributes == {"a.jpg": {"sku": "A1"}}
+    # Google Merchant Center's feed (tab-separated) names it image_link, Shopify "Image Src".
+    feed = tmp_path / "feed.txt"
+    feed.write_text("id\ttitle\timage_link\nA1\tApple\ta.jpg\n")
+    assert read_catalog(feed).attributes == {"a.jpg": {"id": "A1", "title": "Apple"}}
+    (tmp_path / "shopify.csv").write_text("Handle,Image Src,Variant SKU\napple,a.jpg,A1\n")
+    assert read_catalog(tmp_path / "shopify.csv").attributes == {
+        "a.jpg": {"Handle": "apple", "Variant SKU": "A1"}
+    }
 
 
 def test_catalog_options_without_a_catalog_or_a_known_encoding_are_usage_errors(
