@@ -9,7 +9,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +28,7 @@ URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # an image given as sc
 # Excel separates fields with ';' where the comma is the decimal point (most of Europe): a price
 # there reads 3,50 or 1.234,50, which no range filter took for a number.
 EUROPEAN_NUMBER = re.compile(r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?")
+PRICE = re.compile(r"([+-]?\d+(?:[.,]\d+)?) ([A-Z]{3})")  # Google Merchant Center's 15.00 USD
 
 log = logging.getLogger(__name__)
 
@@ -183,23 +184,37 @@ def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
             f"{path}:{start}: {exc}; a field with a quote in it needs quotes around it and the "
             'quote doubled ("12"" pizza")'
         ) from None
-    if delimiter == ";":
-        _decimal_commas(rows)
+    # A feed's prices, 15.00 USD: one currency to a column, the number is what a range reads.
+    _rewritten(rows, PRICE, lambda found: len({m[2] for m in found}) == 1, lambda m: m[1])
+    if delimiter == ";":  # 3,50 and 1.234,50, where a column has a decimal comma: 3.50, 1234.50
+        _rewritten(rows, EUROPEAN_NUMBER, lambda found: any("," in m[0] for m in found), _point)
     return rows
 
 
-def _decimal_commas(rows: list[tuple[int, dict[str, Any]]]) -> None:
-    """A column of numbers written with a decimal comma, such as a price (most of its values,
-    one with a comma at least: a few 'N/A' stay as they are), gets them as numbers are read
-    everywhere else: 3,50 becomes 3.50 and 1.234,50 becomes 1234.50."""
-    for name in {name for _, row in rows for name in row} - {IMAGE_COLUMN}:
+def _point(number: re.Match[str]) -> str:
+    return number[0].replace(".", "").replace(",", ".")
+
+
+def _rewritten(
+    rows: list[tuple[int, dict[str, Any]]],
+    pattern: re.Pattern[str],
+    wanted: Callable[[list[re.Match[str]]], bool],
+    rewrite: Callable[[re.Match[str]], str],
+) -> None:
+    """Each column most of whose values `pattern` matches (a few 'N/A' stay as they are), when
+    `wanted` takes those matches, gets them as `rewrite` writes them. Columns whose first
+    values are mostly something else (a title, a sku) are not read further."""
+    for name in {name for _, row in rows[:1000] for name in row} - {IMAGE_COLUMN}:
+        first = [row[name] for _, row in rows[:1000] if row.get(name, "").strip()]
+        if 2 * sum(1 for value in first if pattern.fullmatch(value.strip())) <= len(first):
+            continue
         values = [row[name].strip() for _, row in rows if row.get(name, "").strip()]
-        numbers = [value for value in values if EUROPEAN_NUMBER.fullmatch(value)]
-        if 2 * len(numbers) <= len(values) or not any("," in value for value in numbers):
+        matches = [match for value in values if (match := pattern.fullmatch(value))]
+        if 2 * len(matches) <= len(values) or not wanted(matches):
             continue
         for _, row in rows:
-            if EUROPEAN_NUMBER.fullmatch(value := row.get(name, "").strip()):
-                row[name] = value.replace(".", "").replace(",", ".")
+            if match := pattern.fullmatch(row.get(name, "").strip()):
+                row[name] = rewrite(match)
 
 
 def _whole(path: Path, line: int, row: dict[Any, Any], delimiter: str) -> None:

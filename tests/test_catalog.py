@@ -342,9 +342,14 @@ def test_a_capitalised_image_column_and_products_without_a_photo(
     jsonl.write_text('{"IMAGE": "a.jpg", "sku": "A1"}\n{"sku": "B1"}\n')
     assert read_catalog(jsonl).attributes == {"a.jpg": {"sku": "A1"}}
     # Google Merchant Center's feed (tab-separated) names it image_link, Shopify "Image Src".
+    # Its prices carry their currency: one to a column, the number is what a range reads.
+    shutil.copy2(SAMPLES / "snowman.png", tmp_path / "b.png")
     feed = tmp_path / "feed.txt"
-    feed.write_text("id\ttitle\timage_link\nA1\tApple\ta.jpg\n")
-    assert read_catalog(feed).attributes == {"a.jpg": {"id": "A1", "title": "Apple"}}
+    feed.write_text("id\timage_link\tprice\nA1\ta.jpg\t15.00 USD\nB1\tb.png\t7 USD\n")
+    assert read_catalog(feed).attributes == {
+        "a.jpg": {"id": "A1", "price": "15.00"},
+        "b.png": {"id": "B1", "price": "7"},
+    }
     (tmp_path / "shopify.csv").write_text("Handle,Image Src,Variant SKU\napple,a.jpg,A1\n")
     assert read_catalog(tmp_path / "shopify.csv").attributes == {
         "a.jpg": {"Handle": "apple", "Variant SKU": "A1"}
