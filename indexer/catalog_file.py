@@ -175,9 +175,7 @@ def _csv_rows(path: Path, handle: TextIO) -> list[tuple[int, dict[str, Any]]]:
         for row in reader:
             _whole(path, start, row, delimiter)
             kept = {name: value for name, value in row.items() if value is not None}
-            if image != IMAGE_COLUMN and image in kept:
-                kept[IMAGE_COLUMN] = kept.pop(image)
-            rows.append((start, kept))
+            rows.append((start, _named_image(kept, image)))
             start = reader.line_num + 1
     except csv.Error as exc:
         raise ClipsearchError(
@@ -205,16 +203,24 @@ def _rewritten(
     `wanted` takes those matches, gets them as `rewrite` writes them. Columns whose first
     values are mostly something else (a title, a sku) are not read further."""
     for name in {name for _, row in rows[:1000] for name in row} - {IMAGE_COLUMN}:
-        first = [row[name] for _, row in rows[:1000] if row.get(name, "").strip()]
-        if 2 * sum(1 for value in first if pattern.fullmatch(value.strip())) <= len(first):
+        if _matched(rows[:1000], name, pattern) is None:
             continue
-        values = [row[name].strip() for _, row in rows if row.get(name, "").strip()]
-        matches = [match for value in values if (match := pattern.fullmatch(value))]
-        if 2 * len(matches) <= len(values) or not wanted(matches):
-            continue
-        for _, row in rows:
-            if match := pattern.fullmatch(row.get(name, "").strip()):
+        matched = _matched(rows, name, pattern)
+        if matched is not None and wanted([match for _, match in matched]):
+            for row, match in matched:
                 row[name] = rewrite(match)
+
+
+def _matched(
+    rows: list[tuple[int, dict[str, Any]]], name: str, pattern: re.Pattern[str]
+) -> list[tuple[dict[str, Any], re.Match[str]]] | None:
+    """The rows whose value of `name` the pattern matches, with the match, if they are most of
+    those that have a value."""
+    found = [
+        (row, pattern.fullmatch(value)) for _, row in rows if (value := row.get(name, "").strip())
+    ]
+    matched = [(row, match) for row, match in found if match is not None]
+    return matched if 2 * len(matched) > len(found) else None
 
 
 def _whole(path: Path, line: int, row: dict[Any, Any], delimiter: str) -> None:
@@ -234,9 +240,9 @@ def _image_key(names: Iterable[Any]) -> str | None:
     return next((found[name] for name in IMAGE_COLUMNS if name in found), None)
 
 
-def _named_image(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its image column named IMAGE_COLUMN."""
-    if IMAGE_COLUMN not in row and (name := _image_key(row)) is not None:
+def _named_image(row: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """The row with its image column, `name`, named IMAGE_COLUMN."""
+    if name is not None and name != IMAGE_COLUMN and name in row:
         row[IMAGE_COLUMN] = row.pop(name)
     return row
 
@@ -252,4 +258,4 @@ def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:
         raise ClipsearchError(f"{path}:{number}: not valid JSON ({exc})") from exc
     if not isinstance(row, dict):
         raise ClipsearchError(f"{path}:{number}: each line must be a JSON object")
-    return _named_image(row)
+    return _named_image(row, _image_key(row))

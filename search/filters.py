@@ -281,10 +281,9 @@ def _attribute_values() -> Select[tuple[str, Any, float | None]]:
     price has none), with the number each is, or None for text."""
     pair = func.json_each(ImageRecord.attributes).table_valued("key", "value", "type", name="pair")
     boolean = pair.c.type.in_(BOOLEANS)
-    value = case((boolean, pair.c.type), else_=pair.c.value)
     number = case((boolean, null()), (_is_number(pair.c.value), cast(pair.c.value, Float)))
     return (
-        select(pair.c.key, value, number)
+        select(pair.c.key, _shown(pair.c.type, pair.c.value), number)
         .select_from(ImageRecord)
         .join(pair, true())
         .where(pair.c.type.in_(SCALARS), func.trim(pair.c.value) != "")
@@ -308,6 +307,12 @@ def _attribute_facets(session: Session) -> dict[str, Any]:
         for key, facet in facets.items()
     }
     return {key: facet for key, facet in exact.items() if facet is not None}
+
+
+def _shown(kind: ColumnElement[Any], value: ColumnElement[Any]) -> ColumnElement[Any]:
+    """An attribute's value as a facet lists it: true and false by name, where SQLite's JSON
+    functions give 1 and 0 (`kind` is the value's JSON type)."""
+    return case((kind.in_(BOOLEANS), kind), else_=value)
 
 
 def _sampled_facets(sample: Iterable[Sequence[Any]]) -> dict[str, Any]:
@@ -345,9 +350,8 @@ def _range(session: Session, key: str) -> dict[str, float] | None:
 def _values(session: Session, key: str) -> dict[str, list[str]] | None:
     """The attribute's values, if there are at most FACET_VALUES (true and false as such)."""
     kind = func.json_type(ImageRecord.attributes, _path(key))
-    value = case((kind.in_(BOOLEANS), kind), else_=_attribute(key))
     found = session.scalars(
-        select(value)
+        select(_shown(kind, _attribute(key)))
         .where(kind.in_(SCALARS), func.trim(_attribute(key)) != "")
         .distinct()
         .limit(FACET_VALUES + 1)
