@@ -34,6 +34,14 @@ def ids_by_path(collection: Collection) -> dict[str, int]:
         return {r.path: r.id for r in session.scalars(select(ImageRecord))}
 
 
+def moved_into_sub(photos: Path, *names: str) -> Path:
+    sub = photos / "sub"
+    sub.mkdir()
+    for name in names:
+        shutil.move(photos / name, sub / name)
+    return sub
+
+
 def assert_index_matches_catalog(collection: Collection) -> None:
     """Every vector maps to exactly one live catalog row, by id."""
     vectors, generation = collection.load_vectors()
@@ -60,11 +68,10 @@ def test_a_folder_given_twice_or_inside_another_is_indexed_once(
 ) -> None:
     """`index X X` ended in SQLite's UNIQUE constraint; `index X X/sub` indexed sub's files
     twice, once under each root."""
-    (photos / "sub").mkdir()
-    shutil.move(photos / "red-apple.jpg", photos / "sub" / "red-apple.jpg")
+    sub = moved_into_sub(photos, "red-apple.jpg")
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
     indexer = Indexer(collection, encoder, batch_size=5, workers=0, progress=False)
-    summary = indexer.run([photos / "sub", photos, Path(f"{photos}/"), photos / "sub" / ".."])
+    summary = indexer.run([sub, photos, Path(f"{photos}/"), sub / ".."])
     assert (summary.scanned, summary.added) == (12, 12)
     assert "sub/red-apple.jpg" in ids_by_path(collection)
     assert [root["path"] for root in collection.stats()["roots"]] == [str(photos)]
@@ -76,10 +83,7 @@ def test_a_folder_inside_or_around_an_indexed_one_keeps_one_row_per_file(
 ) -> None:
     """`index X/sub` then `index X` (or the other way round) stored sub's files twice, under
     two roots: every result list showed them twice."""
-    sub = photos / "sub"
-    sub.mkdir()
-    for name in ("red-apple.jpg", "snowman.png", "rainbow.png"):
-        shutil.move(photos / name, sub / name)
+    sub = moved_into_sub(photos, "red-apple.jpg", "snowman.png", "rainbow.png")
     (sub / "broken.jpg").write_bytes(b"not a picture")
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
     reindex(collection, encoder, sub)
@@ -108,10 +112,7 @@ def test_a_second_row_of_one_file_under_an_inner_root_goes(
     """A catalog in a subfolder gives its images a root of their own beside the folder's (as
     an earlier release's `index X` then `index X/sub` did); the next run over the folder keeps
     the folder's row of each file, with its vector, and drops the other."""
-    sub = photos / "sub"
-    sub.mkdir()
-    for name in ("red-apple.jpg", "snowman.png"):
-        shutil.move(photos / name, sub / name)
+    sub = moved_into_sub(photos, "red-apple.jpg", "snowman.png")
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
     reindex(collection, encoder, photos)
     before = ids_by_path(collection)
