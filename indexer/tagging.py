@@ -116,12 +116,11 @@ def retag(collection: Collection, vocabulary: Vocabulary, encoder: Callable[[], 
     not tagged with it yet (all of them, unless an earlier run of this was interrupted) is
     tagged; returns how many were. The vectors stay, saved under the new generation."""
     with collection.writer():
-        vectors, generation = collection.load_vectors()
+        generation = collection.catalog.generation()
         tagger = Tagger(collection, encoder)
         tagger.use(vocabulary)
         done = tagger.catch_up()
-        if (now := collection.catalog.generation()) != generation:
-            collection.save_vectors(vectors, now)
+        collection.carry_vectors(generation, collection.catalog.generation())
     return done
 
 

@@ -22,6 +22,7 @@ from indexer.tagging import Tagger
 from search.catalog import Failure, ImageRecord, Root, StoredVector
 from search.collection import Collection
 from search.errors import StorageError
+from search.vectors import VectorIndex
 
 
 @dataclass
@@ -77,22 +78,22 @@ class Writer:
         self.summary = Summary(unchanged=plan.unchanged, failed=plan.still_failed)
         self.roots = [str(folder) for folder in sources.roots]
         self.root_ids: dict[str, int] = {}
-        self.vectors, self.generation = collection.load_vectors()
+        self.generation = self.started = collection.catalog.generation()
+        self.vectors: VectorIndex | None = None  # read once the run changes a vector (_index)
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
         """Record the roots and changed attributes, and save the vector index when the run ends,
         also when it ends in an error: what was committed stays, and so does its index if the
         disk allows."""
-        first_generation = self.generation
         try:
             self._begin()
             yield
         except BaseException:
             with contextlib.suppress(StorageError):
-                self._save(first_generation)
+                self._save()
             raise
-        self._save(first_generation)
+        self._save()
 
     def _begin(self) -> None:
         with self.catalog.transaction() as session:
@@ -106,7 +107,8 @@ class Writer:
                 session.execute(row.values(attributes=attributes))
             if self.plan.new_attributes or self.plan.absorbed:
                 self._bump(session)  # servers drop the filters they cached over the old values
-        self.vectors.remove(self.plan.duplicates)
+        if self.plan.duplicates:
+            self._index().remove(self.plan.duplicates)
         self.summary.removed = len(self.plan.duplicates)
 
     def _absorb(self, session: Session) -> None:
@@ -123,15 +125,25 @@ class Writer:
             session.execute(delete(Failure).where(Failure.root_id == root_id))
             session.execute(delete(Root).where(Root.id == root_id))
 
-    def _save(self, first_generation: int) -> None:
-        if (
-            self.generation != first_generation
+    def _index(self) -> VectorIndex:
+        """The vector index as the run began, read once a vector changes: a nightly catalog run
+        that changes prices, or nothing, never reads it. `write` reads it before its commit,
+        as an index rebuilt from the catalog after it would hold the batch already."""
+        if self.vectors is None:
+            self.vectors, _ = self.collection.load_vectors(self.started)
+        return self.vectors
+
+    def _save(self) -> None:
+        if self.vectors is None:
+            self.collection.carry_vectors(self.started, self.generation)
+        elif (
+            self.generation != self.started
             or not self.collection.vectors_path(self.generation).exists()
         ):
             self.vectors = self.collection.save_vectors(self.vectors, self.generation)
 
     def write(self, batch: list[Result]) -> None:
-        changes = _Changes()
+        changes, vectors = _Changes(), self._index()
         with self.catalog.transaction() as session:
             for item in batch:
                 if isinstance(item, Failed):
@@ -144,13 +156,10 @@ class Writer:
             self.catalog.bump_generation(session)
             generation = self.catalog.generation(session)
         self.generation = generation
-        self._apply(changes)
-
-    def _apply(self, changes: _Changes) -> None:
-        self.vectors.remove(changes.dropped)
+        vectors.remove(changes.dropped)
         if changes.added:
             ids, rows = zip(*changes.added, strict=True)
-            self.vectors.add(np.array(ids), np.stack(rows))
+            vectors.add(np.array(ids), np.stack(rows))
 
     def _store(self, session: Session, item: Encoded, changes: _Changes) -> None:
         """Update the file's row in place, so its id (and links to it) survive, or queue it for
@@ -271,7 +280,8 @@ class Writer:
                 file = FoundFile(entry.root, entry.path, 0, 0)
                 self._fail(session, file, entry.reason, changes)
             self._bump_if_changed(session, changes.dropped)
-        self.vectors.remove(changes.dropped)
+        if changes.dropped:
+            self._index().remove(changes.dropped)
 
     def remove_missing(self, present: set[Key]) -> None:
         """Deleted files leave catalog and index; this runs last so moves are found first."""
@@ -287,7 +297,8 @@ class Writer:
                     )
                 )
             self._bump_if_changed(session, gone)
-        self.vectors.remove(gone)
+        if gone:
+            self._index().remove(gone)
         self.summary.removed += len(gone)
 
     def tag(self, tagger: Tagger) -> None:
