@@ -4,16 +4,17 @@ changed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, String, select, type_coerce
 from sqlalchemy.orm import Session
 
 from indexer.scan import FoundFile, Unreadable, outermost
+from search import jsontext
 from search.catalog import Failure, ImageRecord, Root
 
 Key = tuple[str, str]  # (root, relative path)
@@ -56,7 +57,7 @@ class Sources:
         return {(f.root, f.path) for f in [*self.files, *self.unreadable, *self.held]}
 
 
-@dataclass
+@dataclass(slots=True)
 class Known:
     """A catalog row, as far as deciding whether its file changed needs it."""
 
@@ -136,29 +137,42 @@ def _known_rows(
     earlier release indexed a folder inside another one as a second root), which go; and the
     new attributes of those whose catalog columns changed (a price can change while the
     picture stays). A scanned root's own row is the one kept, as it keeps its path."""
-    rows = session.execute(
-        select(
-            ImageRecord.id,
-            ImageRecord.root_id,
-            ImageRecord.path,
-            ImageRecord.size,
-            ImageRecord.mtime_ns,
-            ImageRecord.sha256,
-            ImageRecord.attributes,
-        ).where(ImageRecord.root_id.in_(places))
-    )
     known, duplicates, new_attributes = {}, [], {}
-    for row in rows:
-        place = places[row.root_id]
-        key = _key(place, row.path)
+    for id_, root_id, path, size, mtime_ns, sha256, stored in _rows(session, places):
+        place = places[root_id]
+        key = _key(place, path)
         if (held := known.get(key)) is not None:
             if place.prefix:
-                duplicates.append(row.id)
+                duplicates.append(id_)
                 continue
             duplicates.append(held.id)
             new_attributes.pop(held.id, None)
-        known[key] = Known(row.id, row.size, row.mtime_ns, row.sha256)
+        known[key] = Known(id_, size, mtime_ns, sha256)
         attributes = sources.attributes.get(key, {})
-        if key in sources.present and (row.attributes or {}) != attributes:
-            new_attributes[row.id] = attributes
+        if key in sources.present and _changed(stored, attributes):
+            new_attributes[id_] = attributes
     return known, duplicates, new_attributes
+
+
+def _rows(session: Session, places: dict[int, Place]) -> Iterator[Row[Any]]:
+    """The catalog's rows under these roots, streamed, their attributes as the stored text:
+    a shop re-runs its million-product catalog nightly, and buffering the rows with their
+    attributes decoded took 0.9 GB and most of the plan's time."""
+    query = select(
+        ImageRecord.id,
+        ImageRecord.root_id,
+        ImageRecord.path,
+        ImageRecord.size,
+        ImageRecord.mtime_ns,
+        ImageRecord.sha256,
+        type_coerce(ImageRecord.attributes, String),
+    ).where(ImageRecord.root_id.in_(places))
+    yield from session.connection().execute(query, execution_options={"yield_per": 10_000})
+
+
+def _changed(stored: str | None, attributes: dict[str, Any]) -> bool:
+    """Whether a row's stored attributes differ from the catalog's: the text as this release
+    writes it is the same, and otherwise (an older release's spelling) the values tell."""
+    if stored is not None and stored == jsontext.dumps(attributes):
+        return False
+    return (jsontext.loads(stored or "null") or {}) != attributes

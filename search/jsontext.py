@@ -13,9 +13,13 @@ def loads(text: str) -> Any:
     return json.loads(text, parse_constant=lambda _name: None, parse_float=_finite)
 
 
+# One encoder: json.dumps makes one per call when given an option.
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """A non-finite value here is a bug upstream: it fails loudly, not on every later filter."""
-    return json.dumps(value, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _finite(text: str) -> float | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from sqlalchemy import text
 
 from indexer import download
 from indexer.catalog_file import read_catalog
@@ -100,11 +101,39 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
         "F1",
         "T1",
     }
+    saved = collection.vectors_path(collection.catalog.generation()).stat().st_ino
     write_shop(tmp_path / "shop", [rows[0], dict(rows[1], category="kitchen"), rows[2]])
     assert indexer.run_catalog(catalog).unchanged == 3
+    # The vectors did not change: their file, not read or written, takes the new generation.
+    vectors = list((tmp_path / "data").glob("vectors-*.faiss"))
+    assert vectors == [collection.vectors_path(collection.catalog.generation())]
+    assert vectors[0].stat().st_ino == saved
     assert [h.record.attributes["sku"] for h in ask(engine, text=query, filters=garden).hits] == [
         "T1"
     ]
+
+
+def test_attributes_stored_in_another_spelling_are_no_change(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """A run compares each row's stored attributes as text first; JSON spelt otherwise (as
+    SQLite's json() writes it, which a migration may use) is compared by its values, so that
+    an unchanged catalog moves no generation and servers keep their cached filters."""
+    catalog = write_shop(tmp_path / "shop", PRODUCTS[:2])
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    indexer = Indexer(collection, encoder, workers=0, progress=False)
+    indexer.run_catalog(catalog)
+    with collection.catalog.transaction() as session:
+        session.execute(text("UPDATE images SET attributes = json(attributes)"))
+    generation = collection.catalog.generation()
+
+    assert indexer.run_catalog(catalog).unchanged == 2
+    assert collection.catalog.generation() == generation
+
+    write_shop(tmp_path / "shop", [dict(PRODUCTS[0], price="2"), PRODUCTS[1]])
+    indexer.run_catalog(catalog)
+    assert collection.catalog.generation() > generation
+    assert found(SearchEngine(collection, encoder), "price", attr_sku="A1") == {"2"}
 
 
 def shop_engine(tmp_path: Path, encoder: Encoder, rows: list[dict[str, str]]) -> SearchEngine:
