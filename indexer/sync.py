@@ -101,6 +101,7 @@ class Indexer:
                 raise ClipsearchError(f"not a folder: {shown(str(folder))}")
             if not is_utf8(str(folder.resolve())):
                 raise ClipsearchError(f"{shown(str(folder.resolve()))}: {NOT_UTF8}")
+        started = time.perf_counter()
         with self.collection.writer():
             roots = self._roots([folder.resolve() for folder in folders])
             exclude = frozenset({self.collection.root.resolve()})
@@ -112,7 +113,7 @@ class Indexer:
             sources = Sources(roots, files, unreadable, ignore_rules=ignore_rules, absorbs=True)
             if written_before is not None:
                 sources.hold_newer(int(written_before * 1e9))
-            return self._sync(sources)
+            return self._sync(sources, started)
 
     def _roots(self, folders: list[Path]) -> list[Path]:
         """The folders to scan, saying so where a folder was widened to one indexed already."""
@@ -127,19 +128,20 @@ class Indexer:
     def run_catalog(self, path: Path, encoding: str = "utf-8", download: bool = False) -> Summary:
         """Index the images a CSV or JSONL catalog lists, with its columns as attributes;
         `download`: fetch those it gives as URLs first (indexer/download.py)."""
+        started = time.perf_counter()
         with self.collection.writer():
             rows = read_catalog(path, encoding, download, self.progress)
             attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
             sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
-            return self._sync(sources)
+            return self._sync(sources, started)
 
-    def _sync(self, sources: Sources) -> Summary:
+    def _sync(self, sources: Sources, started: float) -> Summary:
+        """`started`: when the run began, its scan or catalog read included in its seconds."""
         if (pending := self.collection.next_spec()) is not None:
             raise CollectionError(
                 f"{self.collection.root} is moving to {pending.describe()}: finish that first, "
                 "with 'clipsearch index FOLDER --rebuild'"
             )
-        started = time.perf_counter()
         with self.catalog.sessions() as session:
             plan = make_plan(session, sources)
         writer = Writer(self.collection, plan, sources, lambda seen: self.source.encode_one(seen))
