@@ -1,0 +1,172 @@
+"""A shop's nightly run over the catalog it has indexed: `clipsearch index --catalog` on N
+products whose images are all indexed, once with nothing changed and once with 1% of the prices
+changed; the command's seconds and peak memory, this tree and --baseline TREE alternately.
+
+    git worktree add /tmp/prev f6d573d
+    python benchmarks/catalog_rerun.py --n 1000000 --baseline /tmp/prev
+
+The images are empty files with random 512-d vectors (ViT-B-32's), written by this tree's
+writer: the runs read no image. A first run, not timed, tags them all, as happens once per
+collection. Both trees run on the one collection, each price run turning the prices the
+other way, so each side updates the same 1% of the products.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baseline import THIS_TREE, environment, ratio
+from benchmarks.catalog_read import write_catalog
+
+CHANGED_EVERY = 100  # 1% of the prices change between the two catalogs
+
+
+def shop(folder: Path, n: int) -> tuple[Path, Path]:
+    """A catalog of `n` products with an empty file for each image, and the same catalog
+    with 1% of its prices changed."""
+    catalog = folder / "products.csv"
+    (folder / "img").mkdir(parents=True)
+    write_catalog(catalog, n)
+    for i in range(n):
+        (folder / "img" / f"{i}.jpg").touch()
+    repriced = folder / "repriced.csv"
+    with open(catalog, encoding="utf-8") as lines, open(repriced, "w", encoding="utf-8") as out:
+        out.write(next(lines))
+        for i, line in enumerate(lines):
+            fields = line.split(",")  # image,sku,title,price,category,brand: no quoted commas
+            if i % CHANGED_EVERY == 0:
+                fields[3] = f"{float(fields[3]) + 1:.2f}"
+            out.write(",".join(fields))
+    return catalog, repriced
+
+
+def index(data: str, catalog: str) -> None:
+    """The catalog's products written to a new collection with random vectors. Run in a
+    process of its own: a process's peak memory counts its parent's at the fork, so the one
+    that starts the measured commands stays small."""
+    import numpy as np
+
+    from benchmarks.writer_rate import never
+    from indexer.catalog_file import read_catalog
+    from indexer.items import Encoded
+    from indexer.plan import Sources, make_plan
+    from indexer.writer import Writer
+    from search.collection import Collection
+    from search.spec import ModelSpec
+
+    rows = read_catalog(Path(catalog))
+    attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
+    sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
+    collection = Collection.create_or_open(Path(data), ModelSpec.from_args("ViT-B-32", "none"))
+    rng = np.random.default_rng(0)
+    with collection.writer():
+        with collection.catalog.sessions() as session:
+            plan = make_plan(session, sources)
+        writer = Writer(collection, plan, sources, never)
+        with writer.saving():
+            for start in range(0, len(plan.todo), 1024):
+                files = plan.todo[start : start + 1024]
+                vectors = rng.standard_normal((len(files), 512)).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                hashes = [f"{start + i:064x}" for i in range(len(files))]
+                batch = zip(files, hashes, vectors, strict=True)
+                writer.write([Encoded(f, h, v, 640, 480, None) for f, h, v in batch])
+
+
+def rerun(tree: Path, data: Path, catalog: Path) -> dict:
+    """`clipsearch index --catalog` from `tree`: its seconds, peak memory and summary."""
+    command = [sys.executable, "-m", "clipsearch", "index", "--data-dir", str(data)]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [*command, "--catalog", str(catalog), "--json"],
+        cwd=tree,
+        env=environment(tree),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)  # the child's own peak memory
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{tree}: {' '.join(command)} failed ({process.returncode})")
+    summary = json.loads(output.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss // 1024, "summary": summary}
+
+
+def measure(trees: dict[str, Path], folder: Path, n: int, runs: int) -> dict[str, dict]:
+    """Each tree's runs, alternating: the catalog as it is, then with the prices turned."""
+    catalog, repriced = shop(folder / "shop", n)
+    original = folder / "original.csv"
+    shutil.copyfile(catalog, original)
+    data = folder / "data"
+    build = f"from benchmarks.catalog_rerun import index; index({str(data)!r}, {str(catalog)!r})"
+    subprocess.run([sys.executable, "-c", build], cwd=THIS_TREE, check=True)
+    rerun(THIS_TREE, data, catalog)  # tags every image: once per collection, not measured
+    taken: dict[str, dict[str, list[dict]]] = {
+        name: {"unchanged": [], "prices": []} for name in trees
+    }
+    prices = [repriced, original]
+    for turn in range(runs * len(trees)):
+        name = list(trees)[turn % len(trees)]
+        taken[name]["unchanged"].append(rerun(trees[name], data, catalog))
+        shutil.copyfile(prices[turn % 2], catalog)
+        taken[name]["prices"].append(rerun(trees[name], data, catalog))
+        print(
+            json.dumps({name: {case: done[-1] for case, done in taken[name].items()}}),
+            file=sys.stderr,
+        )
+    return {
+        name: {case: _median(runs, n) for case, runs in cases.items()}
+        for name, cases in taken.items()
+    }
+
+
+def _median(runs: list[dict], n: int) -> dict:
+    for run in runs:
+        assert run["summary"]["unchanged"] == n and run["summary"]["added"] == 0, run["summary"]
+    return {
+        "seconds": round(statistics.median(run["seconds"] for run in runs), 1),
+        "peak_mb": max(run["peak_mb"] for run in runs),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="the release to compare, a git worktree")
+    args = parser.parse_args()
+    trees = {"this": THIS_TREE, **({"baseline": args.baseline} if args.baseline else {})}
+    with tempfile.TemporaryDirectory() as folder:
+        result: dict = {"n": args.n, **measure(trees, Path(folder), args.n, args.runs)}
+    if args.baseline:
+        result["ratios"] = {
+            case: {
+                "seconds": ratio(
+                    result["baseline"][case]["seconds"], result["this"][case]["seconds"]
+                ),
+                "peak_mb": ratio(
+                    result["baseline"][case]["peak_mb"], result["this"][case]["peak_mb"]
+                ),
+            }
+            for case in ("unchanged", "prices")
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
