@@ -8,7 +8,9 @@ changed; the command's seconds and peak memory, this tree and --baseline TREE al
 The images are empty files with random 512-d vectors (ViT-B-32's), written by this tree's
 writer: the runs read no image. A first run, not timed, tags them all, as happens once per
 collection. Both trees run on the one collection, each price run turning the prices the
-other way, so each side updates the same 1% of the products.
+other way, so each side updates the same 1% of the products. Last, for each tree, a server
+(its SearchEngine) follows one more price run: the seconds it takes to take the new
+generation in, and its peak memory.
 """
 
 from __future__ import annotations
@@ -26,10 +28,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import THIS_TREE, environment, ratio
+from benchmarks.baseline import THIS_TREE, environment, ratio, run_json
 from benchmarks.catalog_read import write_catalog
 
 CHANGED_EVERY = 100  # 1% of the prices change between the two catalogs
+
+FOLLOW = """
+import json, shutil, subprocess, sys, time
+from pathlib import Path
+from search.collection import Collection
+from search.engine import SearchEngine
+data, catalog, prices = sys.argv[1:4]
+collection = Collection.open(Path(data))
+engine = SearchEngine(collection, collection.encoder("cpu"))
+shutil.copyfile(prices, catalog)
+index = ["index", "--data-dir", data, "--catalog", catalog]
+subprocess.run([sys.executable, "-m", "clipsearch", *index], check=True, capture_output=True)
+started = time.perf_counter()
+engine.refresh()
+seconds = time.perf_counter() - started
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({"seconds": seconds, "peak_mb": int(status["VmHWM"].split()[0]) // 1024}))
+"""
 
 
 def shop(folder: Path, n: int) -> tuple[Path, Path]:
@@ -129,10 +149,15 @@ def measure(trees: dict[str, Path], folder: Path, n: int, runs: int) -> dict[str
             json.dumps({name: {case: done[-1] for case, done in taken[name].items()}}),
             file=sys.stderr,
         )
-    return {
+    result = {
         name: {case: _median(runs, n) for case, runs in cases.items()}
         for name, cases in taken.items()
     }
+    for turn, name in enumerate(trees, start=runs * len(trees)):
+        turned = str(prices[turn % 2])
+        serving = run_json(trees[name], "-c", FOLLOW, str(data), str(catalog), turned)
+        result[name]["server"] = {**serving, "seconds": round(serving["seconds"], 4)}
+    return result
 
 
 def _median(runs: list[dict], n: int) -> dict:
@@ -163,7 +188,7 @@ def main() -> None:
                     result["baseline"][case]["peak_mb"], result["this"][case]["peak_mb"]
                 ),
             }
-            for case in ("unchanged", "prices")
+            for case in ("unchanged", "prices", "server")
         }
     print(json.dumps(result))
 

@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence, Set
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,15 +127,18 @@ class SearchEngine:
                 or collection.vectors_path(generation).exists()
                 or not collection.writer_active()
             ):
-                self._now = self._following(now, moved)
+                self._now = self._following(now, moved, generation)
         finally:
             self._lock.release()
 
-    def _following(self, now: _Answering, moved: bool) -> _Answering:
+    def _following(self, now: _Answering, moved: bool, generation: int) -> _Answering:
         collection, encoder, queries = now.collection, now.encoder, now.queries
         if moved:
             collection = Collection.open(collection.root)
             encoder, queries = self._new_model(collection, encoder.device.type)
+        elif now.vectors.read_from(collection.vectors_path(generation)):
+            # Only the rows' attributes or tags changed: the index in memory is the new one.
+            return replace(now, generation=generation)
         return self._loaded(collection, encoder, queries)
 
     @staticmethod

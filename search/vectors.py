@@ -235,6 +235,7 @@ class VectorIndex:
         self._spread: np.ndarray | None = None  # see spread
         self._held: int | None = None  # see __len__
         self._gpu: GpuFlat | None = None
+        self.file: FileIdentity | None = None  # the saved file it was read from (see read_from)
 
     @classmethod
     def flat(cls, dim: int) -> VectorIndex:
@@ -612,8 +613,29 @@ class VectorIndex:
         """`half`: where a compressed index's full vectors are, if this file is one."""
         # read_index returns the concrete index and owns it; wrapping it again with
         # downcast_index would leave a pointer that dies with this temporary.
+        file = _identity(path)
         index = faiss.read_index(str(path))
-        return cls(index, half if isinstance(index, faiss.IndexIVFPQFastScan) else None)
+        loaded = cls(index, half if isinstance(index, faiss.IndexIVFPQFastScan) else None)
+        loaded.file = file if _identity(path) == file else None  # not replaced while read
+        return loaded
+
+    def read_from(self, path: Path) -> bool:
+        """Whether `path` is the very file this index was read from, renamed since to a new
+        generation whose rows changed but not their vectors (Collection.carry_vectors)."""
+        return self.file is not None and _identity(path) == self.file
+
+
+FileIdentity = tuple[int, int, int, int]
+
+
+def _identity(path: Path) -> FileIdentity | None:
+    """A file as the file system tells it apart: a file written anew has a new time, and its
+    inode number may be an old one's; a renamed file keeps both."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _found(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -101,16 +101,19 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
         "F1",
         "T1",
     }
-    saved = collection.vectors_path(collection.catalog.generation()).stat().st_ino
+    saved, in_memory = collection.vectors_path(collection.catalog.generation()), engine.vectors
+    saved_inode = saved.stat().st_ino
     write_shop(tmp_path / "shop", [rows[0], dict(rows[1], category="kitchen"), rows[2]])
     assert indexer.run_catalog(catalog).unchanged == 3
-    # The vectors did not change: their file, not read or written, takes the new generation.
+    # The vectors did not change: their file, not read or written, takes the new generation,
+    # and the server keeps the index it holds.
     vectors = list((tmp_path / "data").glob("vectors-*.faiss"))
     assert vectors == [collection.vectors_path(collection.catalog.generation())]
-    assert vectors[0].stat().st_ino == saved
+    assert vectors[0] != saved and vectors[0].stat().st_ino == saved_inode
     assert [h.record.attributes["sku"] for h in ask(engine, text=query, filters=garden).hits] == [
         "T1"
     ]
+    assert engine.vectors is in_memory
 
 
 def test_attributes_stored_in_another_spelling_are_no_change(
