@@ -8,11 +8,12 @@ import hashlib
 import http.client
 import os
 import posixpath
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ TIMEOUT_SECONDS = 30  # to connect, and between two reads
 DEADLINE_SECONDS = 300  # for the whole body: a host that trickles a byte a minute is given up on
 WORKERS = 16  # downloads at once: the network waits, not the cores
 CHUNK = 1 << 16
+DOWNLOADED = re.compile(r"[0-9a-f]{64}(\.[a-z]+)?")  # the file names local_name gives
 
 
 def folder_for(catalog: Path) -> Path:
@@ -44,6 +46,21 @@ def local_name(catalog: Path, url: str) -> str:
         ext = ""
     name = digest + (ext if ext in IMAGE_EXTENSIONS else "")
     return f"{folder_for(catalog).name}/{digest[:2]}/{name}"
+
+
+def prune(catalog: Path, named: Set[str]) -> int:
+    """Delete the downloads that no row of the catalog names any more (products the shop has
+    dropped), so that the folder does not grow with every export; returns how many. Only the
+    names local_name gives are touched: anything else there is someone else's."""
+    folder = folder_for(catalog)
+    removed = 0
+    for path in folder.glob("[0-9a-f][0-9a-f]/*"):
+        name = f"{folder.name}/{path.parent.name}/{path.name}"
+        if DOWNLOADED.fullmatch(path.name) and name not in named:
+            with writing(f"removing {path}, which no product names any more"):
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def fetch_missing(root: Path, urls: Mapping[str, str], progress: bool | None) -> dict[str, str]:

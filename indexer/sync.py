@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tqdm import tqdm
 
 from indexer.catalog_file import read_catalog
+from indexer.download import prune
 from indexer.ignore import IgnoreRules
 from indexer.items import Result
 from indexer.plan import Sources, folder_roots, holder, make_plan
@@ -133,7 +134,10 @@ class Indexer:
             rows = read_catalog(path, encoding, download, self.progress)
             attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
             sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
-            return self._sync(sources, started)
+            summary = self._sync(sources, started)
+            if download and (pruned := prune(path, rows.attributes.keys())):
+                log.info("removed %d downloaded images that no product names any more", pruned)
+            return summary
 
     def _sync(self, sources: Sources, started: float) -> Summary:
         """`started`: when the run began, its scan or catalog read included in its seconds."""

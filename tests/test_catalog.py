@@ -346,9 +346,20 @@ def test_a_catalog_of_urls_is_downloaded_once(
         first = indexer.run_catalog(catalog, download=True)
         asked = len(Cdn.requests)
         again = indexer.run_catalog(catalog, download=True)
+        assert len(Cdn.requests) - asked == 3  # only those that failed are asked for again
+        assert found(SearchEngine(collection, encoder)) == {"A1", "S1"}
+        # A1 leaves the shop: its download goes with it, and what is not ours stays.
+        images = tmp_path / "shop" / "products.images"
+        apple, snowman = sorted(images.glob("*/*.*"), key=lambda p: "png" in p.name)
+        theirs = [images / "notes.txt", apple.with_name("photo.jpg")]
+        for path in theirs:
+            path.write_text("not a download")
+        catalog.write_text("\n".join(line for line in lines if "A1" not in line) + "\n")
+        dropped = indexer.run_catalog(catalog, download=True)
         cdn.shutdown()
     assert (first.added, first.failed, again.unchanged, again.failed) == (2, 4, 2, 4)
-    assert len(Cdn.requests) - asked == 3  # only those that failed are asked for again
+    assert (dropped.removed, dropped.unchanged) == (1, 1)
+    assert not apple.exists() and snowman.exists() and all(path.exists() for path in theirs)
     reasons = sorted(failure["reason"] for failure in collection.stats()["failures"])
     assert reasons == [
         f"download failed: HTTP 404 File not found ({base}/gone.jpg)",
@@ -356,8 +367,8 @@ def test_a_catalog_of_urls_is_downloaded_once(
         f"download failed: still unfinished after 0.5 s ({base}/slow.jpg)",
         f"download refused: over 100 MB ({base}/huge.jpg)",
     ]
-    assert found(SearchEngine(collection, encoder)) == {"A1", "S1"}
-    assert len(list((tmp_path / "shop" / "products.images").glob("*/*.*"))) == 2  # no .part
+    assert found(SearchEngine(collection, encoder)) == {"S1"}
+    assert len(list(images.glob("*/*.*"))) == 2  # snowman and theirs: no .part
 
 
 def test_a_capitalised_image_column_and_products_without_a_photo(
