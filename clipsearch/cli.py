@@ -746,7 +746,10 @@ def stats(as_json: bool, data_dir: Path, device: str) -> None:
     for failure in data["failures"]:
         click.echo(_line(f"  {Path(failure['root'], failure['path'])}: {failure['reason']}"))
     for root in data["roots"]:
-        click.echo(_line(f"folder      {root['path']}"))
+        if root["catalog"]:
+            click.echo(_line(f"catalog     {Path(root['path'], root['catalog'])}"))
+        else:
+            click.echo(_line(f"folder      {root['path']}"))
         if root.get("exclude"):
             click.echo(f"  --exclude {' '.join(root['exclude'])}")
         for name, patterns in root.get("ignore_files", {}).items():

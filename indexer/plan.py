@@ -45,6 +45,7 @@ class Sources:
     # Folder runs: a recorded folder inside a scanned one joins it (catalogs list their images).
     absorbs: bool = False
     held: list[FoundFile] = field(default_factory=list)  # present, but left for a later run
+    catalog: str | None = None  # the catalog file's name, in its root, for a catalog run
 
     def hold_newer(self, mtime_ns: int) -> None:
         """Hold back the files modified at or after `mtime_ns`."""

@@ -117,10 +117,18 @@ class Indexer:
             return self._sync(sources, started)
 
     def _roots(self, folders: list[Path]) -> list[Path]:
-        """The folders to scan, saying so where a folder was widened to one indexed already."""
+        """The folders to scan, saying so where a folder was widened to one indexed already.
+        A shop's folder, indexed from its catalog, is refused: a folder run would drop its
+        products' attributes and add every image in it, listed or not."""
         with self.catalog.sessions() as session:
-            recorded = [Path(path) for path in session.scalars(select(Root.path))]
+            recorded = {Path(root.path): root.catalog for root in session.scalars(select(Root))}
         roots = folder_roots(folders, recorded)
+        for path, catalog in recorded.items():
+            if catalog is not None and holder(path, roots):
+                raise ClipsearchError(
+                    f"{path} is indexed from its catalog: run 'clipsearch index --catalog "
+                    f"{path / catalog}' (or index the photos into another --data-dir)"
+                )
         for folder in folders:
             if (outer := holder(folder, roots)) not in folders:
                 log.info("%s is inside %s, indexed already: scanning all of it", folder, outer)
@@ -133,7 +141,9 @@ class Indexer:
         with self.collection.writer():
             rows = read_catalog(path, encoding, download, self.progress)
             attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
-            sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
+            sources = Sources(
+                [rows.root], rows.files, rows.unreadable, attributes, catalog=path.name
+            )
             summary = self._sync(sources, started)
             if download and (pruned := prune(path, rows.attributes.keys())):
                 log.info("removed %d downloaded images that no product names any more", pruned)

@@ -74,6 +74,7 @@ class Writer:
         self.known = plan.known  # kept current as rows are added, moved and dropped
         self.attributes = sources.attributes
         self.ignore_rules = sources.ignore_rules
+        self.catalog_file = sources.catalog
         self.encode_one = encode_one
         self.summary = Summary(unchanged=plan.unchanged, failed=plan.still_failed)
         self.roots = [str(folder) for folder in sources.roots]
@@ -100,6 +101,7 @@ class Writer:
             for path in self.roots:
                 root = self.catalog.root_for(session, path)
                 root.ignore_rules = self.ignore_rules.get(path, root.ignore_rules)
+                root.catalog = self.catalog_file
                 self.root_ids[path] = root.id
             self._absorb(session)
             for row_id, attributes in self.plan.new_attributes.items():

@@ -59,6 +59,8 @@ class Root(Base):
     path: Mapped[str] = mapped_column(unique=True)
     # What its last run left out: {"exclude": [globs], "ignore_files": {path: [patterns]}}.
     ignore_rules: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # The catalog file (in this folder) that lists its images; None for a folder of photos.
+    catalog: Mapped[str | None] = mapped_column(default=None)
 
 
 # The images whose tags are due, as ix_images_untagged says it, so that SQLite reads that index.

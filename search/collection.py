@@ -208,7 +208,7 @@ class Collection:
                 for f in session.scalars(select(Failure).order_by(Failure.root_id, Failure.path))
             ]
             roots = [
-                {"path": root.path, **root.ignore_rules}
+                {"path": root.path, **root.ignore_rules, "catalog": root.catalog}
                 for root in session.scalars(select(Root).order_by(Root.path))
             ]
             vocabulary = Vocabulary(Catalog.tag_names(session))

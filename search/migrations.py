@@ -67,6 +67,12 @@ def _finite_attributes(connection: Connection) -> None:
         )
 
 
+def _root_catalog(connection: Connection) -> None:
+    """Schema 6: a folder indexed from a catalog names its catalog file, so that a folder run
+    over it (which would drop every product's attributes) is refused."""
+    connection.execute(text("ALTER TABLE roots ADD COLUMN catalog VARCHAR"))
+
+
 # STEPS[n] upgrades a catalog of schema n + 1 to schema n + 2; the release before migrations
 # existed wrote schema 1 and no version row.
 STEPS: tuple[Callable[[Connection], None], ...] = (
@@ -74,6 +80,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _root_ignore_rules,
     _tags,
     _finite_attributes,
+    _root_catalog,
 )
 SCHEMA_VERSION = len(STEPS) + 1
 

@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import math
+import re
 import shutil
 import threading
 import time
@@ -24,7 +25,7 @@ from search.collection import Collection
 from search.engine import SearchEngine
 from search.errors import ClipsearchError
 from search.model import Encoder
-from tests.conftest import SAMPLES, TINY_ARGS, ask, run_cli, write_shop
+from tests.conftest import SAMPLES, TINY_ARGS, ask, one_line, run_cli, write_shop
 
 PRODUCTS = [
     {
@@ -114,6 +115,23 @@ def test_csv_catalog_attributes_filters_and_updates(tmp_path: Path, encoder: Enc
         "T1"
     ]
     assert engine.vectors is in_memory
+
+
+def test_a_folder_run_over_a_shops_folder_is_refused(tmp_path: Path, encoder: Encoder) -> None:
+    """A folder run over the shop's folder, inside it or around it, would drop every product's
+    attributes and add every image there, listed or not."""
+    catalog = write_shop(tmp_path / "shop", PRODUCTS[:2])
+    collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
+    indexer = Indexer(collection, encoder, workers=0, progress=False)
+    indexer.run_catalog(catalog)
+    refused = f"{tmp_path / 'shop'} is indexed from its catalog: run 'clipsearch index --catalog "
+    for folder in (tmp_path / "shop", tmp_path / "shop" / "img", tmp_path):
+        with pytest.raises(ClipsearchError, match=re.escape(f"{refused}{catalog}'")):
+            indexer.run([folder])
+    assert collection.stats()["roots"] == [
+        {"path": str(tmp_path / "shop"), "catalog": "products.csv"}
+    ]
+    assert found(SearchEngine(collection, encoder), "title") == {"Apple", "Sunflower"}
 
 
 def test_attributes_stored_in_another_spelling_are_no_change(
@@ -242,6 +260,11 @@ def test_jsonl_catalog_through_the_cli(tmp_path: Path) -> None:
     assert found["results"][0]["attributes"]["price"] == 1.5
     line = run_cli("search", "apple", "--attr", "price=1.5", *data).stdout.strip()
     assert line.endswith("img/red-apple.jpg  sku=A1  price=1.5"), line  # the product, in a terminal
+    assert f"catalog     {catalog}" in run_cli("stats", *data).stdout
+    refused = run_cli("index", str(shop), *data, check=False)
+    assert refused.returncode == 1
+    assert one_line(refused.stderr).endswith(f"--catalog {catalog}' (or index the photos into "
+                                             "another --data-dir)")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,7 @@ def test_exclude_globs_apply_beside_the_ignore_files_and_stats_shows_both(
             "path": str(tree),
             "exclude": ["thumbs/", "snowman.png"],
             "ignore_files": {f"trips/{IGNORE_FILE}": ["2024/"]},
+            "catalog": None,
         }
     ]
     shown = run_cli("stats", "--data-dir", data).stdout

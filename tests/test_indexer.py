@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from indexer.items import Seen
 from indexer.pipeline import KnownContent, Loaded, load_batches
 from indexer.scan import FoundFile, scan
 from indexer.slots import PixelSlots
 from indexer.sync import Indexer
-from search.catalog import ImageRecord
+from search.catalog import ImageRecord, Root
 from search.collection import Collection
 from search.errors import CollectionError, StorageError
 from search.imaging import decode_for_model
@@ -110,8 +110,9 @@ def test_a_second_row_of_one_file_under_an_inner_root_goes(
     tmp_path: Path, encoder: Encoder, photos: Path
 ) -> None:
     """A catalog in a subfolder gives its images a root of their own beside the folder's (as
-    an earlier release's `index X` then `index X/sub` did); the next run over the folder keeps
-    the folder's row of each file, with its vector, and drops the other."""
+    an earlier release's `index X` then `index X/sub` did: a root no catalog marks); the next
+    run over the folder keeps the folder's row of each file, with its vector, and drops the
+    other."""
     sub = moved_into_sub(photos, "red-apple.jpg", "snowman.png")
     collection = Collection.create_or_open(tmp_path / "data", encoder.spec)
     reindex(collection, encoder, photos)
@@ -120,6 +121,8 @@ def test_a_second_row_of_one_file_under_an_inner_root_goes(
     indexer = Indexer(collection, encoder, batch_size=4, workers=0, progress=False)
     assert indexer.run_catalog(sub / "list.csv").added == 2
     assert collection.stats()["images"] == 14
+    with collection.catalog.transaction() as session:
+        session.execute(update(Root).values(catalog=None))
 
     summary = reindex(collection, encoder, photos)
     assert (summary.added, summary.unchanged, summary.removed) == (0, 12, 2)

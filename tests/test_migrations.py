@@ -100,6 +100,7 @@ def test_a_schema_4_catalog_holding_nan_answers_filters_once_upgraded(
             connection.execute(
                 "UPDATE images SET attributes = ? WHERE id = ?", (attributes, image_id)
             )
+        connection.execute("ALTER TABLE roots DROP COLUMN catalog")  # schema 6's
         connection.execute("UPDATE meta SET value = 4 WHERE key = 'schema_version'")
     collection.catalog.engine.dispose()
     upgraded = Collection.open(tmp_path / "data")
