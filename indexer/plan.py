@@ -40,7 +40,7 @@ class Sources:
     roots: list[Path]
     files: list[FoundFile]
     unreadable: list[Unreadable]
-    attributes: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    attributes: dict[Key, str] = field(default_factory=dict)  # a catalog's rows, as JSON text
     ignore_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # by root: to record
     # Folder runs: a recorded folder inside a scanned one joins it (catalogs list their images).
     absorbs: bool = False
@@ -149,9 +149,9 @@ def _known_rows(
             duplicates.append(held.id)
             new_attributes.pop(held.id, None)
         known[key] = Known(id_, size, mtime_ns, sha256)
-        attributes = sources.attributes.get(key, {})
+        attributes = sources.attributes.get(key, "{}")
         if key in sources.present and _changed(stored, attributes):
-            new_attributes[id_] = attributes
+            new_attributes[id_] = jsontext.loads(attributes)
     return known, duplicates, new_attributes
 
 
@@ -171,9 +171,9 @@ def _rows(session: Session, places: dict[int, Place]) -> Iterator[Row[Any]]:
     yield from session.connection().execute(query, execution_options={"yield_per": 10_000})
 
 
-def _changed(stored: str | None, attributes: dict[str, Any]) -> bool:
-    """Whether a row's stored attributes differ from the catalog's: the text as this release
-    writes it is the same, and otherwise (an older release's spelling) the values tell."""
-    if stored is not None and stored == jsontext.dumps(attributes):
+def _changed(stored: str | None, attributes: str) -> bool:
+    """Whether a row's stored attributes differ from the catalog's: the text, both written by
+    jsontext, is the same, and otherwise (an older release's spelling) the values tell."""
+    if stored == attributes:
         return False
-    return (jsontext.loads(stored or "null") or {}) != attributes
+    return (jsontext.loads(stored or "null") or {}) != jsontext.loads(attributes)

@@ -19,6 +19,7 @@ from indexer.items import Encoded, Failed, Result, Seen
 from indexer.plan import Key, Known, Plan, Sources
 from indexer.scan import FoundFile, Unreadable
 from indexer.tagging import Tagger
+from search import jsontext
 from search.catalog import Failure, ImageRecord, Root, StoredVector
 from search.collection import Collection
 from search.errors import StorageError
@@ -177,7 +178,7 @@ class Writer:
             "height": item.height,
             "ext": file.ext,
             "taken_at": item.taken_at or _file_time(file),
-            "attributes": self.attributes.get(key, {}),
+            "attributes": self._attributes(key),
             "indexed_at": datetime.now(),
             "tagged": False,  # a new vector: its tags are due
         }
@@ -253,9 +254,13 @@ class Writer:
         assert record is not None
         record.root_id, record.path = self.root_ids[file.root], file.path
         record.size, record.mtime_ns = file.size, file.mtime_ns
-        record.attributes = self.attributes.get(key, {})
+        record.attributes = self._attributes(key)
         self.known[key] = Known(record.id, file.size, file.mtime_ns, record.sha256)
         self.summary.moved += 1
+
+    def _attributes(self, key: Key) -> dict[str, Any]:
+        """A file's catalog columns; none for a folder's photo."""
+        return jsontext.loads(self.attributes[key]) if key in self.attributes else {}
 
     def _fail(self, session: Session, file: FoundFile, reason: str, changes: _Changes) -> None:
         """Record why; a file that broke since it was indexed leaves the index."""
