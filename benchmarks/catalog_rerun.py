@@ -5,12 +5,12 @@ changed; the command's seconds and peak memory, this tree and --baseline TREE al
     git worktree add /tmp/prev f6d573d
     python benchmarks/catalog_rerun.py --n 1000000 --baseline /tmp/prev
 
-The images are empty files with random 512-d vectors (ViT-B-32's), written by this tree's
-writer: the runs read no image. A first run, not timed, tags them all, as happens once per
-collection. Both trees run on the one collection, each price run turning the prices the
-other way, so each side updates the same 1% of the products. Last, for each tree, a server
-(its SearchEngine) follows one more price run: the seconds it takes to take the new
-generation in, and its peak memory.
+The images are empty files with random 512-d vectors (ViT-B-32's), written by the older
+tree's writer (a newer schema is refused by an older release): the runs read no image. A first
+run, not timed, tags them all, as happens once per collection; each tree then runs on a copy
+of that collection, each price run turning the prices the other way, so each side updates
+the same 1% of the products. Last, for each tree, a server (its SearchEngine) follows one more
+price run: the seconds it takes to take the new generation in, and its peak memory.
 """
 
 from __future__ import annotations
@@ -32,6 +32,38 @@ from benchmarks.baseline import THIS_TREE, environment, ratio, run_json
 from benchmarks.catalog_read import write_catalog
 
 CHANGED_EVERY = 100  # 1% of the prices change between the two catalogs
+
+# Run in a process of its own, in the older tree: a process's peak memory counts its
+# parent's at the fork, so the one that starts the measured commands stays small.
+BUILD = """
+import sys
+from pathlib import Path
+import numpy as np
+from indexer.catalog_file import read_catalog
+from indexer.items import Encoded
+from indexer.plan import Sources, make_plan
+from indexer.writer import Writer
+from search.collection import Collection
+from search.spec import ModelSpec
+data, catalog = Path(sys.argv[1]), Path(sys.argv[2])
+rows = read_catalog(catalog)
+attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
+sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
+collection = Collection.create_or_open(data, ModelSpec.from_args("ViT-B-32", "none"))
+rng = np.random.default_rng(0)
+with collection.writer():
+    with collection.catalog.sessions() as session:
+        plan = make_plan(session, sources)
+    writer = Writer(collection, plan, sources, lambda seen: None)
+    with writer.saving():
+        for start in range(0, len(plan.todo), 1024):
+            files = plan.todo[start : start + 1024]
+            vectors = rng.standard_normal((len(files), 512)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            hashes = [f"{start + i:064x}" for i in range(len(files))]
+            batch = zip(files, hashes, vectors, strict=True)
+            writer.write([Encoded(f, h, v, 640, 480, None) for f, h, v in batch])
+"""
 
 FOLLOW = """
 import json, shutil, subprocess, sys, time
@@ -71,39 +103,6 @@ def shop(folder: Path, n: int) -> tuple[Path, Path]:
     return catalog, repriced
 
 
-def index(data: str, catalog: str) -> None:
-    """The catalog's products written to a new collection with random vectors. Run in a
-    process of its own: a process's peak memory counts its parent's at the fork, so the one
-    that starts the measured commands stays small."""
-    import numpy as np
-
-    from benchmarks.writer_rate import never
-    from indexer.catalog_file import read_catalog
-    from indexer.items import Encoded
-    from indexer.plan import Sources, make_plan
-    from indexer.writer import Writer
-    from search.collection import Collection
-    from search.spec import ModelSpec
-
-    rows = read_catalog(Path(catalog))
-    attributes = {(str(rows.root), key): value for key, value in rows.attributes.items()}
-    sources = Sources([rows.root], rows.files, rows.unreadable, attributes)
-    collection = Collection.create_or_open(Path(data), ModelSpec.from_args("ViT-B-32", "none"))
-    rng = np.random.default_rng(0)
-    with collection.writer():
-        with collection.catalog.sessions() as session:
-            plan = make_plan(session, sources)
-        writer = Writer(collection, plan, sources, never)
-        with writer.saving():
-            for start in range(0, len(plan.todo), 1024):
-                files = plan.todo[start : start + 1024]
-                vectors = rng.standard_normal((len(files), 512)).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-                hashes = [f"{start + i:064x}" for i in range(len(files))]
-                batch = zip(files, hashes, vectors, strict=True)
-                writer.write([Encoded(f, h, v, 640, 480, None) for f, h, v in batch])
-
-
 def rerun(tree: Path, data: Path, catalog: Path) -> dict:
     """`clipsearch index --catalog` from `tree`: its seconds, peak memory and summary."""
     command = [sys.executable, "-m", "clipsearch", "index", "--data-dir", str(data)]
@@ -128,34 +127,38 @@ def rerun(tree: Path, data: Path, catalog: Path) -> dict:
 
 
 def measure(trees: dict[str, Path], folder: Path, n: int, runs: int) -> dict[str, dict]:
-    """Each tree's runs, alternating: the catalog as it is, then with the prices turned."""
+    """Each tree's runs on its own copy of the collection, alternating: the catalog as its
+    copy has it, then with the prices turned."""
     catalog, repriced = shop(folder / "shop", n)
     original = folder / "original.csv"
     shutil.copyfile(catalog, original)
-    data = folder / "data"
-    build = f"from benchmarks.catalog_rerun import index; index({str(data)!r}, {str(catalog)!r})"
-    subprocess.run([sys.executable, "-c", build], cwd=THIS_TREE, check=True)
-    rerun(THIS_TREE, data, catalog)  # tags every image: once per collection, not measured
+    prices = [original, repriced]
+    oldest, built = list(trees.values())[-1], folder / "built"
+    build = [sys.executable, "-c", BUILD, str(built), str(catalog)]
+    subprocess.run(build, cwd=oldest, env=environment(oldest), check=True)
+    rerun(oldest, built, catalog)  # tags every image: once per collection, not measured
+    data = {name: shutil.copytree(built, folder / name) for name in trees}
+    turned = dict.fromkeys(trees, 0)  # which of `prices` each copy holds
     taken: dict[str, dict[str, list[dict]]] = {
         name: {"unchanged": [], "prices": []} for name in trees
     }
-    prices = [repriced, original]
-    for turn in range(runs * len(trees)):
-        name = list(trees)[turn % len(trees)]
-        taken[name]["unchanged"].append(rerun(trees[name], data, catalog))
-        shutil.copyfile(prices[turn % 2], catalog)
-        taken[name]["prices"].append(rerun(trees[name], data, catalog))
-        print(
-            json.dumps({name: {case: done[-1] for case, done in taken[name].items()}}),
-            file=sys.stderr,
-        )
+    for _ in range(runs):
+        for name, tree in trees.items():
+            shutil.copyfile(prices[turned[name]], catalog)
+            taken[name]["unchanged"].append(rerun(tree, data[name], catalog))
+            turned[name] = 1 - turned[name]
+            shutil.copyfile(prices[turned[name]], catalog)
+            taken[name]["prices"].append(rerun(tree, data[name], catalog))
+            last = {case: done[-1] for case, done in taken[name].items()}
+            print(json.dumps({name: last}), file=sys.stderr)
     result = {
         name: {case: _median(runs, n) for case, runs in cases.items()}
         for name, cases in taken.items()
     }
-    for turn, name in enumerate(trees, start=runs * len(trees)):
-        turned = str(prices[turn % 2])
-        serving = run_json(trees[name], "-c", FOLLOW, str(data), str(catalog), turned)
+    for name, tree in trees.items():
+        shutil.copyfile(prices[turned[name]], catalog)
+        command = (str(data[name]), str(catalog), str(prices[1 - turned[name]]))
+        serving = run_json(tree, "-c", FOLLOW, *command)
         result[name]["server"] = {**serving, "seconds": round(serving["seconds"], 4)}
     return result
 

@@ -55,7 +55,7 @@ def rate(folder: Path, batch_size: int, todo: list[Result]) -> dict:
     sources = Sources([root], [item.file for item in todo], [])
     with collection.catalog.sessions() as session:
         plan = make_plan(session, sources)
-    writer = Writer(collection, plan, sources, never)
+    writer = Writer(collection, plan, sources, _never)
     started = time.perf_counter()
     with writer.saving():
         for start in range(0, len(todo), batch_size):
@@ -70,7 +70,7 @@ def rate(folder: Path, batch_size: int, todo: list[Result]) -> dict:
     }
 
 
-def never(seen: Seen) -> Encoded:
+def _never(seen: Seen) -> Encoded:
     raise AssertionError(f"{seen.file.path}: every result here is new")
 
 
