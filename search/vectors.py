@@ -332,7 +332,7 @@ class VectorIndex:
                 self._held = held + len(ids)
             else:
                 self.index.add_with_ids(vectors, ids)
-            self._gpu = self._reach = self._spread = None
+            self._gpu = self._reach = self._spread = self.file = None  # no longer the file's
 
     def _add_to_lists(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """A hub (its inner product with the hub centroid 1 or more: _hub_for) goes to the hub
@@ -368,7 +368,7 @@ class VectorIndex:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             if self.hubs is not None:
                 self.hubs.remove(ids)
-            self._gpu = self._reach = self._spread = self._held = None
+            self._gpu = self._reach = self._spread = self._held = self.file = None
 
     def search(
         self, query: np.ndarray, k: int, allowed: Allowed | None = None
